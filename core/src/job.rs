@@ -1,0 +1,883 @@
+//! The job message contract: the only type serialised onto the SQS queue.
+//!
+//! A message is versioned JSON. The producer builds a [`JobMessage`] and
+//! validates it before sending; the worker parses every body with
+//! [`JobMessage::parse`], which checks size, version, shape and bounds and
+//! names the offending field in its error. A body that fails here can never
+//! succeed, so the worker records a permanent failure instead of retrying.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The contract version this build writes and the only one it reads.
+pub const CURRENT_VERSION: u32 = 1;
+
+/// Longest accepted URL, in bytes.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// Longest accepted message body, in bytes. Far above any valid job (URL
+/// plus selector plus options) and far below SQS's own limit, so a hostile
+/// body is refused before it is parsed.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Longest accepted CSS selector, in bytes.
+pub const MAX_SELECTOR_BYTES: usize = 1024;
+
+/// Viewport bounds in CSS pixels.
+pub const VIEWPORT_MIN: u32 = 1;
+pub const VIEWPORT_MAX: u32 = 7680;
+/// Device scale factor bounds.
+pub const SCALE_MIN: f64 = 1.0;
+pub const SCALE_MAX: f64 = 4.0;
+/// Bounds of the full-page height cap, in CSS pixels.
+pub const FULL_PAGE_MAX_HEIGHT_DEFAULT: u32 = 16_384;
+pub const FULL_PAGE_MAX_HEIGHT_LIMIT: u32 = 32_768;
+/// Largest image, in device pixels (width × height after scaling). Equal to
+/// the largest viewport at scale 1; a viewport that is larger once scaled is
+/// refused, and a full-page capture is clipped to stay within it.
+pub const MAX_OUTPUT_PIXELS: u64 = VIEWPORT_MAX as u64 * VIEWPORT_MAX as u64;
+/// Per-job timeout bounds, in milliseconds.
+pub const TIMEOUT_MIN_MS: u32 = 1_000;
+pub const TIMEOUT_MAX_MS: u32 = 120_000;
+pub const TIMEOUT_DEFAULT_MS: u32 = 30_000;
+/// Longest extra delay after the wait condition, in milliseconds.
+pub const DELAY_MAX_MS: u32 = 10_000;
+/// Default quality of lossy formats.
+pub const QUALITY_DEFAULT: u8 = 80;
+
+/// One screenshot job, as it travels on the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobMessage {
+    /// Contract version; see [`CURRENT_VERSION`].
+    pub version: u32,
+    /// The job id, chosen by the producer; it names the S3 objects.
+    pub id: Uuid,
+    /// The page to render: an absolute http(s) URL.
+    pub url: String,
+    /// How to render it.
+    #[serde(default)]
+    pub options: RenderOptions,
+    /// When the producer accepted the job, for end-to-end latency.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub submitted_at: Option<OffsetDateTime>,
+}
+
+/// How to render a page. Every field has a default, so `{}` is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderOptions {
+    /// Viewport width in CSS pixels.
+    pub width: u32,
+    /// Viewport height in CSS pixels.
+    pub height: u32,
+    /// Device pixels per CSS pixel.
+    pub device_scale_factor: f64,
+    /// Capture the whole scrollable page instead of the viewport.
+    pub full_page: bool,
+    /// With `full_page`, the tallest capture in CSS pixels; longer pages are
+    /// clipped.
+    pub full_page_max_height: u32,
+    /// Image encoding.
+    pub format: ImageFormat,
+    /// Quality of `jpeg` and `webp` (1..=100); not allowed with `png`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+    /// When the page counts as ready.
+    pub wait_for: WaitFor,
+    /// Extra time to wait after `wait_for` holds, in milliseconds.
+    pub delay_ms: u32,
+    /// Budget for navigation, waiting and capture together, in milliseconds.
+    pub timeout_ms: u32,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            width: 1280,
+            height: 800,
+            device_scale_factor: 1.0,
+            full_page: false,
+            full_page_max_height: FULL_PAGE_MAX_HEIGHT_DEFAULT,
+            format: ImageFormat::Png,
+            quality: None,
+            wait_for: WaitFor::Load,
+            delay_ms: 0,
+            timeout_ms: TIMEOUT_DEFAULT_MS,
+        }
+    }
+}
+
+/// Image encoding of the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    /// File extension used in the S3 key.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpg",
+            Self::Webp => "webp",
+        }
+    }
+
+    /// MIME type stored as the object's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+
+    /// Whether the format takes a quality setting.
+    pub fn is_lossy(self) -> bool {
+        !matches!(self, Self::Png)
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+            Self::Webp => "webp",
+        })
+    }
+}
+
+/// The condition after which the page is captured.
+///
+/// In JSON: `"load"`, `"network_idle"` or `{"selector": "css"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitFor {
+    /// The `load` event has fired.
+    #[default]
+    Load,
+    /// No network request has been in flight for a short quiet period.
+    NetworkIdle,
+    /// An element matching this CSS selector is in the document.
+    Selector(String),
+}
+
+/// What kind of contract violation was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not JSON, or not a JSON object.
+    Malformed,
+    /// The body is larger than [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// The `version` is not one this build reads.
+    UnsupportedVersion,
+    /// A required field is absent.
+    MissingField,
+    /// A field this version does not define.
+    UnknownField,
+    /// A field has the wrong JSON type or an unknown enum value.
+    WrongType,
+    /// A number is outside its bounds, or a string is too long.
+    OutOfRange,
+    /// A value has the right type but is not acceptable (a bad URL, an
+    /// empty selector, a combination of options that cannot work).
+    Invalid,
+}
+
+impl ErrorCode {
+    /// The stable snake_case name used in API errors and failure records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::MissingField => "missing_field",
+            Self::UnknownField => "unknown_field",
+            Self::WrongType => "wrong_type",
+            Self::OutOfRange => "out_of_range",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// A contract violation, naming the field (a dotted path such as
+/// `options.width`) where one is to blame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct ContractError {
+    pub code: ErrorCode,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl ContractError {
+    fn new(code: ErrorCode, field: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn field(code: ErrorCode, field: &str, message: impl Into<String>) -> Self {
+        Self::new(code, Some(field.to_owned()), message)
+    }
+}
+
+impl JobMessage {
+    /// A new current-version job with a fresh id.
+    pub fn new(url: impl Into<String>, options: RenderOptions) -> Self {
+        Self {
+            version: CURRENT_VERSION,
+            id: Uuid::new_v4(),
+            url: url.into(),
+            options,
+            submitted_at: None,
+        }
+    }
+
+    /// Parse and validate a message body. Every error names what is wrong
+    /// and, where one is to blame, the field.
+    pub fn parse(body: &[u8]) -> Result<Self, ContractError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ContractError::new(
+                ErrorCode::TooLarge,
+                None,
+                format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
+            ));
+        }
+        // First just enough to know it is an object and which version it
+        // claims, so that a future version is reported as such rather than
+        // as a pile of unknown fields.
+        let envelope: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+            .map_err(|e| {
+                ContractError::new(
+                    ErrorCode::Malformed,
+                    None,
+                    format!("body is not a JSON object: {e}"),
+                )
+            })?;
+        match envelope.get("version") {
+            None => {
+                return Err(ContractError::field(
+                    ErrorCode::MissingField,
+                    "version",
+                    "missing field",
+                ));
+            }
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(CURRENT_VERSION)) => {}
+            Some(serde_json::Value::Number(n)) => {
+                return Err(ContractError::field(
+                    ErrorCode::UnsupportedVersion,
+                    "version",
+                    format!("version {n} is not supported; this build reads version {CURRENT_VERSION}"),
+                ));
+            }
+            Some(_) => {
+                return Err(ContractError::field(
+                    ErrorCode::WrongType,
+                    "version",
+                    "expected an integer",
+                ));
+            }
+        }
+        // serde reads a struct from a JSON array too, by position; the
+        // contract only has objects.
+        if envelope.get("options").is_some_and(|o| !o.is_object()) {
+            return Err(ContractError::field(
+                ErrorCode::WrongType,
+                "options",
+                "expected an object",
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let job: Self = serde_path_to_error::deserialize(de).map_err(serde_error)?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Serialise to the JSON body sent to SQS.
+    pub fn to_json(&self) -> String {
+        // A struct of plain fields with string keys cannot fail to serialise.
+        serde_json::to_string(self).unwrap_or_else(|e| unreachable!("job serialises: {e}"))
+    }
+
+    /// Check every bound of the contract.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        if self.version != CURRENT_VERSION {
+            return Err(ContractError::field(
+                ErrorCode::UnsupportedVersion,
+                "version",
+                format!(
+                    "version {} is not supported; this build reads version {CURRENT_VERSION}",
+                    self.version
+                ),
+            ));
+        }
+        validate_url(&self.url)?;
+        self.options.validate()
+    }
+}
+
+/// Check that `url` is an absolute http(s) URL with a host, within the
+/// length limit. Which hosts and addresses may be reached is the URL
+/// policy's business, not the contract's.
+pub fn validate_url(raw: &str) -> Result<url::Url, ContractError> {
+    const FIELD: &str = "url";
+    if raw.len() > MAX_URL_BYTES {
+        return Err(ContractError::field(
+            ErrorCode::OutOfRange,
+            FIELD,
+            format!("URL is {} bytes; the limit is {MAX_URL_BYTES}", raw.len()),
+        ));
+    }
+    if raw.trim().is_empty() {
+        return Err(ContractError::field(ErrorCode::Invalid, FIELD, "URL is empty"));
+    }
+    let parsed = url::Url::parse(raw).map_err(|e| {
+        ContractError::field(ErrorCode::Invalid, FIELD, format!("not an absolute URL: {e}"))
+    })?;
+    // The parser lower-cases the scheme, so `HTTP://` is http.
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ContractError::field(
+            ErrorCode::Invalid,
+            FIELD,
+            format!("scheme `{}` is not allowed; use http or https", parsed.scheme()),
+        ));
+    }
+    if parsed.host().is_none() {
+        return Err(ContractError::field(ErrorCode::Invalid, FIELD, "URL has no host"));
+    }
+    Ok(parsed)
+}
+
+impl RenderOptions {
+    /// Check every bound. Field names are given as `options.<field>`.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let range = |field: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ContractError::field(
+                    ErrorCode::OutOfRange,
+                    &format!("options.{field}"),
+                    format!("{value} is outside {min}..={max}"),
+                ))
+            }
+        };
+        let (min, max) = (u64::from(VIEWPORT_MIN), u64::from(VIEWPORT_MAX));
+        range("width", self.width.into(), min, max)?;
+        range("height", self.height.into(), min, max)?;
+
+        let scale = self.device_scale_factor;
+        if !scale.is_finite() || !(SCALE_MIN..=SCALE_MAX).contains(&scale) {
+            return Err(ContractError::field(
+                ErrorCode::OutOfRange,
+                "options.device_scale_factor",
+                format!("{scale} is outside {SCALE_MIN}..={SCALE_MAX}"),
+            ));
+        }
+        let viewport_pixels = device_pixels(self.width, scale) * device_pixels(self.height, scale);
+        if viewport_pixels > MAX_OUTPUT_PIXELS {
+            return Err(ContractError::field(
+                ErrorCode::OutOfRange,
+                "options.device_scale_factor",
+                format!(
+                    "a {}x{} viewport at scale {scale} is {viewport_pixels} device pixels; the limit is {MAX_OUTPUT_PIXELS}",
+                    self.width, self.height
+                ),
+            ));
+        }
+
+        range(
+            "full_page_max_height",
+            self.full_page_max_height.into(),
+            1,
+            FULL_PAGE_MAX_HEIGHT_LIMIT.into(),
+        )?;
+
+        match (self.format.is_lossy(), self.quality) {
+            (false, Some(_)) => {
+                return Err(ContractError::field(
+                    ErrorCode::Invalid,
+                    "options.quality",
+                    format!("quality applies only to jpeg and webp, not {}", self.format),
+                ));
+            }
+            (true, Some(q)) => range("quality", q.into(), 1, 100)?,
+            _ => {}
+        }
+
+        if let WaitFor::Selector(selector) = &self.wait_for {
+            let field = "options.wait_for.selector";
+            if selector.trim().is_empty() {
+                return Err(ContractError::field(ErrorCode::Invalid, field, "selector is empty"));
+            }
+            if selector.len() > MAX_SELECTOR_BYTES {
+                return Err(ContractError::field(
+                    ErrorCode::OutOfRange,
+                    field,
+                    format!(
+                        "selector is {} bytes; the limit is {MAX_SELECTOR_BYTES}",
+                        selector.len()
+                    ),
+                ));
+            }
+            if selector.chars().any(char::is_control) {
+                return Err(ContractError::field(
+                    ErrorCode::Invalid,
+                    field,
+                    "selector contains control characters",
+                ));
+            }
+        }
+
+        range(
+            "timeout_ms",
+            self.timeout_ms.into(),
+            TIMEOUT_MIN_MS.into(),
+            TIMEOUT_MAX_MS.into(),
+        )?;
+        range("delay_ms", self.delay_ms.into(), 0, DELAY_MAX_MS.into())?;
+        if self.delay_ms >= self.timeout_ms {
+            return Err(ContractError::field(
+                ErrorCode::Invalid,
+                "options.delay_ms",
+                format!(
+                    "delay of {} ms leaves nothing of the {} ms timeout",
+                    self.delay_ms, self.timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Quality to encode with: the given one, or the default for lossy
+    /// formats; `None` for png.
+    pub fn effective_quality(&self) -> Option<u8> {
+        self.format
+            .is_lossy()
+            .then(|| self.quality.unwrap_or(QUALITY_DEFAULT))
+    }
+
+    /// The tallest full-page capture, in CSS pixels, that keeps the image
+    /// within [`MAX_OUTPUT_PIXELS`] at this width and scale.
+    pub fn full_page_height_limit(&self) -> u32 {
+        let scale = self.device_scale_factor;
+        let row = device_pixels(self.width, scale).max(1);
+        let max_device_rows = MAX_OUTPUT_PIXELS / row;
+        let max_css_rows = (max_device_rows as f64 / scale).floor() as u64;
+        u64::from(self.full_page_max_height).min(max_css_rows).max(1) as u32
+    }
+}
+
+fn device_pixels(css: u32, scale: f64) -> u64 {
+    (f64::from(css) * scale).ceil() as u64
+}
+
+/// Map a serde error, with the path where it happened, to a contract error.
+fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ContractError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let message = inner.to_string();
+    // serde_json's messages carry " at line L column C"; the path says more.
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(head, _)| head)
+        .to_owned();
+    let field = |path: String| (path != ".").then_some(path);
+    if inner.is_syntax() || inner.is_eof() {
+        return ContractError::new(ErrorCode::Malformed, None, format!("body is not valid JSON: {message}"));
+    }
+    if let Some(name) = quoted_after(&message, "missing field ") {
+        let full = match field(path) {
+            Some(parent) => format!("{parent}.{name}"),
+            None => name,
+        };
+        return ContractError::new(ErrorCode::MissingField, Some(full), "missing field");
+    }
+    if let Some(name) = quoted_after(&message, "duplicate field ") {
+        let full = match field(path) {
+            Some(parent) => format!("{parent}.{name}"),
+            None => name,
+        };
+        return ContractError::new(ErrorCode::Invalid, Some(full), "field appears more than once");
+    }
+    if let Some(name) = quoted_after(&message, "unknown field ") {
+        let full = match field(path.clone()) {
+            // serde_path_to_error already includes the unknown key in the path.
+            Some(p) if p.ends_with(&name) => p,
+            Some(parent) => format!("{parent}.{name}"),
+            None => name,
+        };
+        return ContractError::new(ErrorCode::UnknownField, Some(full), message);
+    }
+    ContractError::new(ErrorCode::WrongType, field(path), message)
+}
+
+/// The text between the first pair of backticks after `prefix`.
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    let rest = rest.strip_prefix('`')?;
+    let end = rest.find('`')?;
+    Some(rest[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        json!({
+            "version": 1,
+            "id": "6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11",
+            "url": "https://example.com/",
+        })
+    }
+
+    fn with_options(options: serde_json::Value) -> Vec<u8> {
+        let mut v = base();
+        v["options"] = options;
+        body(v)
+    }
+
+    fn err(body: &[u8]) -> ContractError {
+        JobMessage::parse(body).expect_err("body must be refused")
+    }
+
+    #[test]
+    fn minimal_body_gets_defaults() {
+        let job = JobMessage::parse(&body(base())).unwrap();
+        assert_eq!(job.options, RenderOptions::default());
+        assert_eq!(job.url, "https://example.com/");
+        assert_eq!(job.submitted_at, None);
+    }
+
+    #[test]
+    fn round_trip_preserves_every_field() {
+        let mut job = JobMessage::new(
+            "http://example.com/a?b=c#d",
+            RenderOptions {
+                width: 390,
+                height: 844,
+                device_scale_factor: 3.0,
+                full_page: true,
+                full_page_max_height: 5000,
+                format: ImageFormat::Webp,
+                quality: Some(55),
+                wait_for: WaitFor::Selector("main > .ready".into()),
+                delay_ms: 250,
+                timeout_ms: 45_000,
+            },
+        );
+        job.submitted_at = Some(time::macros::datetime!(2026-11-25 10:00:00.123 UTC));
+        let parsed = JobMessage::parse(job.to_json().as_bytes()).unwrap();
+        assert_eq!(parsed, job);
+
+        for wait in [WaitFor::Load, WaitFor::NetworkIdle] {
+            let mut j = job.clone();
+            j.options.wait_for = wait;
+            assert_eq!(JobMessage::parse(j.to_json().as_bytes()).unwrap(), j);
+        }
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let v: serde_json::Value = serde_json::from_str(
+            &JobMessage::parse(&with_options(json!({
+                "format": "jpeg", "wait_for": {"selector": "#x"}
+            })))
+            .unwrap()
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["options"]["format"], "jpeg");
+        assert_eq!(v["options"]["wait_for"], json!({"selector": "#x"}));
+        assert_eq!(v["options"]["width"], 1280);
+        let v = JobMessage::parse(&with_options(json!({"wait_for": "network_idle"}))).unwrap();
+        assert_eq!(v.options.wait_for, WaitFor::NetworkIdle);
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        for b in [
+            &b""[..],
+            b"not json",
+            b"{",
+            b"[]",
+            b"null",
+            b"42",
+            b"\"string\"",
+            b"\xff\xfe{}",
+            b"{\"version\":1,\"id\":",
+            b"[1]",
+            b"[{\"version\":1}]",
+        ] {
+            let e = err(b);
+            assert!(
+                matches!(e.code, ErrorCode::Malformed),
+                "{:?} gave {e:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_body_is_refused_before_parsing() {
+        let e = err(&vec![b' '; MAX_BODY_BYTES + 1]);
+        assert_eq!(e.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn versions() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("version");
+        assert_eq!(err(&body(v)).field.as_deref(), Some("version"));
+
+        for bad in [json!(0), json!(2), json!(999_999_999_999u64), json!(-1), json!(1.5)] {
+            let mut v = base();
+            v["version"] = bad.clone();
+            let e = err(&body(v));
+            assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{bad}: {e:?}");
+            assert_eq!(e.field.as_deref(), Some("version"));
+        }
+        for bad in [json!("1"), json!(null), json!([1]), json!(true)] {
+            let mut v = base();
+            v["version"] = bad.clone();
+            assert_eq!(err(&body(v)).code, ErrorCode::WrongType, "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_named() {
+        for field in ["id", "url"] {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove(field);
+            let e = err(&body(v));
+            assert_eq!(e.code, ErrorCode::MissingField);
+            assert_eq!(e.field.as_deref(), Some(field));
+        }
+        let mut v = base();
+        v["colour"] = json!("red");
+        let e = err(&body(v));
+        assert_eq!(e.code, ErrorCode::UnknownField);
+        assert_eq!(e.field.as_deref(), Some("colour"));
+
+        let e = err(&with_options(json!({"fullpage": true})));
+        assert_eq!(e.code, ErrorCode::UnknownField);
+        assert_eq!(e.field.as_deref(), Some("options.fullpage"));
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let cases = [
+            (json!({"width": "1280"}), "options.width"),
+            (json!({"width": -1}), "options.width"),
+            (json!({"width": 1.5}), "options.width"),
+            (json!({"width": 4_294_967_296u64}), "options.width"),
+            (json!({"full_page": "yes"}), "options.full_page"),
+            (json!({"format": "gif"}), "options.format"),
+            (json!({"format": "PNG"}), "options.format"),
+            (json!({"wait_for": "dom"}), "options.wait_for"),
+            (json!({"wait_for": {"xpath": "//a"}}), "options.wait_for"),
+            (json!({"wait_for": {"selector": 3}}), "options.wait_for"),
+            (json!({"quality": 300}), "options.quality"),
+            (json!({"device_scale_factor": "2"}), "options.device_scale_factor"),
+        ];
+        for (options, field) in cases {
+            let e = err(&with_options(options.clone()));
+            assert_eq!(e.code, ErrorCode::WrongType, "{options}: {e:?}");
+            assert!(
+                e.field.as_deref().is_some_and(|f| f.starts_with(field)),
+                "{options}: {e:?}"
+            );
+        }
+        let mut v = base();
+        v["id"] = json!("not-a-uuid");
+        let e = err(&body(v));
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::WrongType, Some("id")));
+        let mut v = base();
+        v["url"] = json!(["https://example.com"]);
+        assert_eq!(err(&body(v)).field.as_deref(), Some("url"));
+        for options in [json!([]), json!([1280, 800]), json!(null), json!("big")] {
+            let e = err(&with_options(options));
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::WrongType, Some("options")));
+        }
+        let dup = br#"{"version":1,"id":"6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11","url":"https://a.example/","url":"http://169.254.169.254/"}"#;
+        let e = err(dup);
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::Invalid, Some("url")));
+    }
+
+    #[test]
+    fn bounds_are_enforced_at_both_ends() {
+        let ok = |o: serde_json::Value| JobMessage::parse(&with_options(o.clone())).map_err(|e| (o, e));
+        let bad = |o: serde_json::Value, field: &str| {
+            let e = err(&with_options(o.clone()));
+            assert_eq!(e.field.as_deref(), Some(field), "{o}: {e:?}");
+            assert!(
+                matches!(e.code, ErrorCode::OutOfRange | ErrorCode::Invalid),
+                "{o}: {e:?}"
+            );
+        };
+        for edge in [json!({"width": 1}), json!({"width": 7680, "height": 1}), json!({"height": 7680})] {
+            ok(edge).unwrap();
+        }
+        bad(json!({"width": 0}), "options.width");
+        bad(json!({"width": 7681}), "options.width");
+        bad(json!({"height": 0}), "options.height");
+        bad(json!({"height": 7681}), "options.height");
+
+        ok(json!({"device_scale_factor": 1})).unwrap();
+        ok(json!({"device_scale_factor": 4, "width": 1920, "height": 1080})).unwrap();
+        bad(json!({"device_scale_factor": 0.5}), "options.device_scale_factor");
+        bad(json!({"device_scale_factor": 4.01}), "options.device_scale_factor");
+        bad(json!({"device_scale_factor": 0}), "options.device_scale_factor");
+        // A large viewport is fine alone but not once scaled past the pixel limit.
+        bad(
+            json!({"device_scale_factor": 2, "width": 7680, "height": 7680}),
+            "options.device_scale_factor",
+        );
+
+        ok(json!({"timeout_ms": 1000})).unwrap();
+        ok(json!({"timeout_ms": 120000})).unwrap();
+        bad(json!({"timeout_ms": 999}), "options.timeout_ms");
+        bad(json!({"timeout_ms": 120001}), "options.timeout_ms");
+
+        ok(json!({"delay_ms": 10000, "timeout_ms": 10001})).unwrap();
+        bad(json!({"delay_ms": 10001}), "options.delay_ms");
+        bad(json!({"delay_ms": 5000, "timeout_ms": 5000}), "options.delay_ms");
+
+        ok(json!({"full_page": true, "full_page_max_height": 32768})).unwrap();
+        bad(json!({"full_page_max_height": 0}), "options.full_page_max_height");
+        bad(json!({"full_page_max_height": 32769}), "options.full_page_max_height");
+
+        ok(json!({"format": "jpeg", "quality": 1})).unwrap();
+        ok(json!({"format": "webp", "quality": 100})).unwrap();
+        bad(json!({"format": "jpeg", "quality": 0}), "options.quality");
+        bad(json!({"format": "webp", "quality": 101}), "options.quality");
+        bad(json!({"quality": 80}), "options.quality");
+        bad(json!({"format": "png", "quality": 80}), "options.quality");
+    }
+
+    #[test]
+    fn non_finite_scale_is_refused() {
+        let options = RenderOptions {
+            device_scale_factor: f64::NAN,
+            ..RenderOptions::default()
+        };
+        let e = options.validate().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("options.device_scale_factor"));
+        let options = RenderOptions {
+            device_scale_factor: f64::INFINITY,
+            ..RenderOptions::default()
+        };
+        assert!(options.validate().is_err());
+    }
+
+    #[test]
+    fn selectors() {
+        let field = Some("options.wait_for.selector");
+        for s in ["", "   ", "a\u{0}b", "a\nb"] {
+            let e = err(&with_options(json!({"wait_for": {"selector": s}})));
+            assert_eq!(e.field.as_deref(), field, "{s:?}");
+        }
+        let long = "a".repeat(MAX_SELECTOR_BYTES + 1);
+        let e = err(&with_options(json!({"wait_for": {"selector": long}})));
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::OutOfRange, field));
+        let fits = "a".repeat(MAX_SELECTOR_BYTES);
+        JobMessage::parse(&with_options(json!({"wait_for": {"selector": fits}}))).unwrap();
+    }
+
+    #[test]
+    fn urls() {
+        let check = |url: &str| {
+            let mut v = base();
+            v["url"] = json!(url);
+            JobMessage::parse(&body(v))
+        };
+        for good in [
+            "http://example.com",
+            "HTTP://EXAMPLE.COM/Path",
+            "https://example.com:8443/a?q=1#frag",
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "https://xn--bcher-kva.example/",
+        ] {
+            check(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "",
+            " ",
+            "example.com",
+            "/relative/path",
+            "file:///etc/passwd",
+            "data:text/html,<h1>x</h1>",
+            "javascript:alert(1)",
+            "chrome://settings",
+            "view-source:http://example.com",
+            "blob:http://example.com/uuid",
+            "ftp://example.com/",
+            "about:blank",
+            "http://",
+            "http://exa mple.com/",
+            "https://[::1/",
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert_eq!(e.field.as_deref(), Some("url"), "{bad}: {e:?}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
+        let e = check(&long).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::OutOfRange, Some("url")));
+        let fits = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES - 20));
+        assert_eq!(fits.len(), MAX_URL_BYTES);
+        check(&fits).unwrap();
+    }
+
+    #[test]
+    fn error_display_names_the_field() {
+        let e = err(&with_options(json!({"width": 0})));
+        assert_eq!(e.to_string(), "options.width: 0 is outside 1..=7680");
+    }
+
+    #[test]
+    fn quality_and_full_page_limits() {
+        let mut o = RenderOptions::default();
+        assert_eq!(o.effective_quality(), None);
+        o.format = ImageFormat::Jpeg;
+        assert_eq!(o.effective_quality(), Some(QUALITY_DEFAULT));
+        o.quality = Some(10);
+        assert_eq!(o.effective_quality(), Some(10));
+
+        let o = RenderOptions::default();
+        assert_eq!(o.full_page_height_limit(), FULL_PAGE_MAX_HEIGHT_DEFAULT);
+        let o = RenderOptions {
+            width: 7680,
+            height: 1000,
+            device_scale_factor: 4.0,
+            full_page_max_height: 32_768,
+            ..RenderOptions::default()
+        };
+        let h = o.full_page_height_limit();
+        let pixels = device_pixels(o.width, 4.0) * device_pixels(h, 4.0);
+        assert!(pixels <= MAX_OUTPUT_PIXELS, "{h} rows give {pixels}");
+        assert!(device_pixels(o.width, 4.0) * device_pixels(h + 1, 4.0) > MAX_OUTPUT_PIXELS);
+    }
+}

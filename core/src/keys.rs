@@ -1,0 +1,236 @@
+//! The S3 key layout and the failure record.
+//!
+//! The producer promises a key when it accepts a job, the worker writes to
+//! it, and the status endpoint reads it back; all three go through
+//! [`KeyLayout`], so the layout lives in one place:
+//!
+//! - the image at `<prefix><id>.<ext>` (`png`, `jpg` or `webp`);
+//! - a failure record at `<prefix><id>.error.json` when the job can never
+//!   succeed.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::job::ImageFormat;
+
+/// Longest accepted key prefix, in bytes. S3 keys are at most 1024 bytes; a
+/// UUID and the longest suffix (`.error.json`) take 47.
+pub const MAX_PREFIX_BYTES: usize = 512;
+
+/// Where a job's objects live in the bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+/// A key prefix that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid key prefix {prefix:?}: {reason}")]
+pub struct PrefixError {
+    pub prefix: String,
+    pub reason: &'static str,
+}
+
+impl KeyLayout {
+    /// A layout under `prefix`, which is used as given (`shots/` gives
+    /// `shots/<id>.png`; an empty prefix puts objects at the bucket root).
+    pub fn new(prefix: impl Into<String>) -> Result<Self, PrefixError> {
+        let prefix = prefix.into();
+        let fail = |reason| {
+            Err(PrefixError {
+                prefix: prefix.clone(),
+                reason,
+            })
+        };
+        if prefix.len() > MAX_PREFIX_BYTES {
+            return fail("longer than 512 bytes");
+        }
+        if prefix.starts_with('/') {
+            return fail("must not start with `/`");
+        }
+        if prefix.chars().any(char::is_control) {
+            return fail("contains control characters");
+        }
+        if prefix.split('/').any(|segment| segment == "..") {
+            return fail("contains a `..` segment");
+        }
+        Ok(Self { prefix })
+    }
+
+    /// The prefix every key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Key of the rendered image.
+    pub fn image(&self, id: Uuid, format: ImageFormat) -> String {
+        format!("{}{}.{}", self.prefix, id, format.extension())
+    }
+
+    /// Key of the failure record.
+    pub fn failure(&self, id: Uuid) -> String {
+        format!("{}{}.error.json", self.prefix, id)
+    }
+
+    /// Every key a job may have written, image formats first.
+    pub fn all(&self, id: Uuid) -> [String; 4] {
+        [
+            self.image(id, ImageFormat::Png),
+            self.image(id, ImageFormat::Jpeg),
+            self.image(id, ImageFormat::Webp),
+            self.failure(id),
+        ]
+    }
+}
+
+/// Why a job failed for good. Stable snake_case names in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The message body broke the contract (see the message for the field).
+    InvalidMessage,
+    /// The message claims a contract version this build does not read.
+    UnsupportedVersion,
+    /// The URL policy refused the target address.
+    UrlRefused,
+    /// The page could not be loaded (DNS, connection, TLS, HTTP-level error).
+    NavigationFailed,
+    /// The per-job timeout ran out.
+    Timeout,
+    /// The wait condition never held (for example, the selector never
+    /// appeared) within the timeout.
+    WaitFailed,
+    /// Chromium could not capture or encode the image.
+    RenderFailed,
+    /// The job kept failing until its attempts ran out.
+    AttemptsExhausted,
+}
+
+impl FailureReason {
+    /// The stable snake_case name, as written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidMessage => "invalid_message",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UrlRefused => "url_refused",
+            Self::NavigationFailed => "navigation_failed",
+            Self::Timeout => "timeout",
+            Self::WaitFailed => "wait_failed",
+            Self::RenderFailed => "render_failed",
+            Self::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+/// What is stored at [`KeyLayout::failure`] when a job can never succeed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// The job id (for a body too broken to carry one, the SQS message id).
+    pub id: Uuid,
+    /// The URL the job asked for, when the body had one.
+    pub url: Option<String>,
+    /// Machine-readable reason.
+    pub reason: FailureReason,
+    /// What a person needs to know, e.g. `options.width: 0 is outside 1..=7680`.
+    pub message: String,
+    /// How many times the message was received (SQS `ApproximateReceiveCount`).
+    pub attempts: u32,
+    /// When the worker gave up.
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
+}
+
+impl FailureRecord {
+    /// Serialise for storage.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| unreachable!("record serialises: {e}"))
+    }
+
+    /// Parse a stored record.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: Uuid = uuid::uuid!("6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11");
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let layout = KeyLayout::new("shots/").unwrap();
+        assert_eq!(
+            layout.image(ID, ImageFormat::Png),
+            "shots/6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11.png"
+        );
+        assert_eq!(
+            layout.image(ID, ImageFormat::Jpeg),
+            "shots/6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11.jpg"
+        );
+        assert_eq!(
+            layout.image(ID, ImageFormat::Webp),
+            "shots/6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11.webp"
+        );
+        assert_eq!(
+            layout.failure(ID),
+            "shots/6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11.error.json"
+        );
+        assert_eq!(
+            KeyLayout::default().image(ID, ImageFormat::Png),
+            "6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11.png"
+        );
+        assert_eq!(layout.all(ID)[3], layout.failure(ID));
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for bad in ["/abs/", "a/../b/", "..", "a\nb/", &"p".repeat(MAX_PREFIX_BYTES + 1)] {
+            assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
+        }
+        for good in ["", "a", "a/b/", "shots-2026/", "..a/"] {
+            KeyLayout::new(good).unwrap();
+        }
+        let longest = KeyLayout::new("p".repeat(MAX_PREFIX_BYTES)).unwrap();
+        assert!(longest.failure(ID).len() <= 1024);
+    }
+
+    #[test]
+    fn failure_record_round_trips() {
+        let record = FailureRecord {
+            id: ID,
+            url: Some("https://example.com/".into()),
+            reason: FailureReason::UrlRefused,
+            message: "169.254.169.254 is link-local".into(),
+            attempts: 3,
+            failed_at: time::macros::datetime!(2026-11-25 11:00:00 UTC),
+        };
+        let json = record.to_json();
+        assert_eq!(FailureRecord::from_json(json.as_bytes()).unwrap(), record);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["reason"], "url_refused");
+        assert_eq!(v["failed_at"], "2026-11-25T11:00:00Z");
+        assert_eq!(v["attempts"], 3);
+    }
+
+    #[test]
+    fn reason_names_match_serde() {
+        for reason in [
+            FailureReason::InvalidMessage,
+            FailureReason::UnsupportedVersion,
+            FailureReason::UrlRefused,
+            FailureReason::NavigationFailed,
+            FailureReason::Timeout,
+            FailureReason::WaitFailed,
+            FailureReason::RenderFailed,
+            FailureReason::AttemptsExhausted,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::from(reason.as_str())
+            );
+        }
+    }
+}
