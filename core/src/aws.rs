@@ -116,8 +116,14 @@ mod tests {
     #[tokio::test]
     async fn explicit_endpoint_applies_to_every_service() {
         let config = load_config(&AwsOptions::emulator("http://moto:5000")).await;
-        assert_eq!(endpoint_override(&config, "S3").as_deref(), Some("http://moto:5000"));
-        assert_eq!(endpoint_override(&config, "SQS").as_deref(), Some("http://moto:5000"));
+        assert_eq!(
+            endpoint_override(&config, "S3").as_deref(),
+            Some("http://moto:5000")
+        );
+        assert_eq!(
+            endpoint_override(&config, "SQS").as_deref(),
+            Some("http://moto:5000")
+        );
         assert_eq!(config.region().map(|r| r.as_ref()), Some("us-east-1"));
     }
 }

@@ -255,7 +255,10 @@ impl JobMessage {
             return Err(ContractError::new(
                 ErrorCode::TooLarge,
                 None,
-                format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
+                format!(
+                    "body is {} bytes; the limit is {MAX_BODY_BYTES}",
+                    body.len()
+                ),
             ));
         }
         // First just enough to know it is an object and which version it
@@ -277,12 +280,15 @@ impl JobMessage {
                     "missing field",
                 ));
             }
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(CURRENT_VERSION)) => {}
+            Some(serde_json::Value::Number(n))
+                if n.as_u64() == Some(u64::from(CURRENT_VERSION)) => {}
             Some(serde_json::Value::Number(n)) => {
                 return Err(ContractError::field(
                     ErrorCode::UnsupportedVersion,
                     "version",
-                    format!("version {n} is not supported; this build reads version {CURRENT_VERSION}"),
+                    format!(
+                        "version {n} is not supported; this build reads version {CURRENT_VERSION}"
+                    ),
                 ));
             }
             Some(_) => {
@@ -344,21 +350,36 @@ pub fn validate_url(raw: &str) -> Result<url::Url, ContractError> {
         ));
     }
     if raw.trim().is_empty() {
-        return Err(ContractError::field(ErrorCode::Invalid, FIELD, "URL is empty"));
+        return Err(ContractError::field(
+            ErrorCode::Invalid,
+            FIELD,
+            "URL is empty",
+        ));
     }
     let parsed = url::Url::parse(raw).map_err(|e| {
-        ContractError::field(ErrorCode::Invalid, FIELD, format!("not an absolute URL: {e}"))
+        ContractError::field(
+            ErrorCode::Invalid,
+            FIELD,
+            format!("not an absolute URL: {e}"),
+        )
     })?;
     // The parser lower-cases the scheme, so `HTTP://` is http.
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ContractError::field(
             ErrorCode::Invalid,
             FIELD,
-            format!("scheme `{}` is not allowed; use http or https", parsed.scheme()),
+            format!(
+                "scheme `{}` is not allowed; use http or https",
+                parsed.scheme()
+            ),
         ));
     }
     if parsed.host().is_none() {
-        return Err(ContractError::field(ErrorCode::Invalid, FIELD, "URL has no host"));
+        return Err(ContractError::field(
+            ErrorCode::Invalid,
+            FIELD,
+            "URL has no host",
+        ));
     }
     Ok(parsed)
 }
@@ -423,7 +444,11 @@ impl RenderOptions {
         if let WaitFor::Selector(selector) = &self.wait_for {
             let field = "options.wait_for.selector";
             if selector.trim().is_empty() {
-                return Err(ContractError::field(ErrorCode::Invalid, field, "selector is empty"));
+                return Err(ContractError::field(
+                    ErrorCode::Invalid,
+                    field,
+                    "selector is empty",
+                ));
             }
             if selector.len() > MAX_SELECTOR_BYTES {
                 return Err(ContractError::field(
@@ -479,7 +504,9 @@ impl RenderOptions {
         let row = device_pixels(self.width, scale).max(1);
         let max_device_rows = MAX_OUTPUT_PIXELS / row;
         let max_css_rows = (max_device_rows as f64 / scale).floor() as u64;
-        u64::from(self.full_page_max_height).min(max_css_rows).max(1) as u32
+        u64::from(self.full_page_max_height)
+            .min(max_css_rows)
+            .max(1) as u32
     }
 }
 
@@ -499,7 +526,11 @@ fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ContractEr
         .to_owned();
     let field = |path: String| (path != ".").then_some(path);
     if inner.is_syntax() || inner.is_eof() {
-        return ContractError::new(ErrorCode::Malformed, None, format!("body is not valid JSON: {message}"));
+        return ContractError::new(
+            ErrorCode::Malformed,
+            None,
+            format!("body is not valid JSON: {message}"),
+        );
     }
     if let Some(name) = quoted_after(&message, "missing field ") {
         let full = match field(path) {
@@ -513,7 +544,11 @@ fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> ContractEr
             Some(parent) => format!("{parent}.{name}"),
             None => name,
         };
-        return ContractError::new(ErrorCode::Invalid, Some(full), "field appears more than once");
+        return ContractError::new(
+            ErrorCode::Invalid,
+            Some(full),
+            "field appears more than once",
+        );
     }
     if let Some(name) = quoted_after(&message, "unknown field ") {
         let full = match field(path.clone()) {
@@ -652,7 +687,13 @@ mod tests {
         v.as_object_mut().unwrap().remove("version");
         assert_eq!(err(&body(v)).field.as_deref(), Some("version"));
 
-        for bad in [json!(0), json!(2), json!(999_999_999_999u64), json!(-1), json!(1.5)] {
+        for bad in [
+            json!(0),
+            json!(2),
+            json!(999_999_999_999u64),
+            json!(-1),
+            json!(1.5),
+        ] {
             let mut v = base();
             v["version"] = bad.clone();
             let e = err(&body(v));
@@ -700,7 +741,10 @@ mod tests {
             (json!({"wait_for": {"xpath": "//a"}}), "options.wait_for"),
             (json!({"wait_for": {"selector": 3}}), "options.wait_for"),
             (json!({"quality": 300}), "options.quality"),
-            (json!({"device_scale_factor": "2"}), "options.device_scale_factor"),
+            (
+                json!({"device_scale_factor": "2"}),
+                "options.device_scale_factor",
+            ),
         ];
         for (options, field) in cases {
             let e = err(&with_options(options.clone()));
@@ -713,22 +757,32 @@ mod tests {
         let mut v = base();
         v["id"] = json!("not-a-uuid");
         let e = err(&body(v));
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::WrongType, Some("id")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::WrongType, Some("id"))
+        );
         let mut v = base();
         v["url"] = json!(["https://example.com"]);
         assert_eq!(err(&body(v)).field.as_deref(), Some("url"));
         for options in [json!([]), json!([1280, 800]), json!(null), json!("big")] {
             let e = err(&with_options(options));
-            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::WrongType, Some("options")));
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (ErrorCode::WrongType, Some("options"))
+            );
         }
         let dup = br#"{"version":1,"id":"6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11","url":"https://a.example/","url":"http://169.254.169.254/"}"#;
         let e = err(dup);
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::Invalid, Some("url")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::Invalid, Some("url"))
+        );
     }
 
     #[test]
     fn bounds_are_enforced_at_both_ends() {
-        let ok = |o: serde_json::Value| JobMessage::parse(&with_options(o.clone())).map_err(|e| (o, e));
+        let ok =
+            |o: serde_json::Value| JobMessage::parse(&with_options(o.clone())).map_err(|e| (o, e));
         let bad = |o: serde_json::Value, field: &str| {
             let e = err(&with_options(o.clone()));
             assert_eq!(e.field.as_deref(), Some(field), "{o}: {e:?}");
@@ -737,7 +791,11 @@ mod tests {
                 "{o}: {e:?}"
             );
         };
-        for edge in [json!({"width": 1}), json!({"width": 7680, "height": 1}), json!({"height": 7680})] {
+        for edge in [
+            json!({"width": 1}),
+            json!({"width": 7680, "height": 1}),
+            json!({"height": 7680}),
+        ] {
             ok(edge).unwrap();
         }
         bad(json!({"width": 0}), "options.width");
@@ -747,9 +805,18 @@ mod tests {
 
         ok(json!({"device_scale_factor": 1})).unwrap();
         ok(json!({"device_scale_factor": 4, "width": 1920, "height": 1080})).unwrap();
-        bad(json!({"device_scale_factor": 0.5}), "options.device_scale_factor");
-        bad(json!({"device_scale_factor": 4.01}), "options.device_scale_factor");
-        bad(json!({"device_scale_factor": 0}), "options.device_scale_factor");
+        bad(
+            json!({"device_scale_factor": 0.5}),
+            "options.device_scale_factor",
+        );
+        bad(
+            json!({"device_scale_factor": 4.01}),
+            "options.device_scale_factor",
+        );
+        bad(
+            json!({"device_scale_factor": 0}),
+            "options.device_scale_factor",
+        );
         // A large viewport is fine alone but not once scaled past the pixel limit.
         bad(
             json!({"device_scale_factor": 2, "width": 7680, "height": 7680}),
@@ -763,11 +830,20 @@ mod tests {
 
         ok(json!({"delay_ms": 10000, "timeout_ms": 10001})).unwrap();
         bad(json!({"delay_ms": 10001}), "options.delay_ms");
-        bad(json!({"delay_ms": 5000, "timeout_ms": 5000}), "options.delay_ms");
+        bad(
+            json!({"delay_ms": 5000, "timeout_ms": 5000}),
+            "options.delay_ms",
+        );
 
         ok(json!({"full_page": true, "full_page_max_height": 32768})).unwrap();
-        bad(json!({"full_page_max_height": 0}), "options.full_page_max_height");
-        bad(json!({"full_page_max_height": 32769}), "options.full_page_max_height");
+        bad(
+            json!({"full_page_max_height": 0}),
+            "options.full_page_max_height",
+        );
+        bad(
+            json!({"full_page_max_height": 32769}),
+            "options.full_page_max_height",
+        );
 
         ok(json!({"format": "jpeg", "quality": 1})).unwrap();
         ok(json!({"format": "webp", "quality": 100})).unwrap();
@@ -845,7 +921,10 @@ mod tests {
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
         let e = check(&long).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::OutOfRange, Some("url")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::OutOfRange, Some("url"))
+        );
         let fits = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES - 20));
         assert_eq!(fits.len(), MAX_URL_BYTES);
         check(&fits).unwrap();

@@ -187,7 +187,13 @@ mod tests {
 
     #[test]
     fn bad_prefixes_are_refused() {
-        for bad in ["/abs/", "a/../b/", "..", "a\nb/", &"p".repeat(MAX_PREFIX_BYTES + 1)] {
+        for bad in [
+            "/abs/",
+            "a/../b/",
+            "..",
+            "a\nb/",
+            &"p".repeat(MAX_PREFIX_BYTES + 1),
+        ] {
             assert!(KeyLayout::new(bad).is_err(), "{bad:?}");
         }
         for good in ["", "a", "a/b/", "shots-2026/", "..a/"] {

@@ -4,11 +4,15 @@
 //! - [`keys`]: where a job's image and failure record live in S3;
 //! - [`aws`]: AWS clients from the default chain, emulator-aware;
 //! - [`telemetry`]: tracing and the Prometheus registry;
-//! - [`shutdown`]: the process-wide cancellation token.
+//! - [`shutdown`]: the process-wide cancellation token;
+//! - [`config`]: settings every binary shares;
+//! - [`ops`]: the `/healthz` and `/metrics` endpoint.
 
 pub mod aws;
+pub mod config;
 pub mod job;
 pub mod keys;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -67,9 +67,7 @@ impl Page {
 
     /// A `302` to `location`.
     pub fn redirect(location: impl Into<String>) -> Self {
-        Self::html("")
-            .status(302)
-            .header("location", location)
+        Self::html("").status(302).header("location", location)
     }
 
     /// Answer with this status code.

@@ -56,7 +56,8 @@ impl Moto {
         let port = free_port();
         let endpoint = format!("http://127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("url2png-moto-{port}.log"));
-        let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
         let binary = moto_binary();
         let child = Command::new(&binary)
@@ -87,9 +88,13 @@ impl Moto {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                return Err(format!("moto_server exited with {status}: {}", self.log_tail()));
+                return Err(format!(
+                    "moto_server exited with {status}: {}",
+                    self.log_tail()
+                ));
             }
-            let probe = tokio::time::timeout(Duration::from_secs(2), sqs.list_queues().send()).await;
+            let probe =
+                tokio::time::timeout(Duration::from_secs(2), sqs.list_queues().send()).await;
             if let Ok(Ok(_)) = probe {
                 return Ok(());
             }
@@ -201,7 +206,10 @@ impl TestAws {
     pub async fn start_with(options: TestAwsOptions) -> Self {
         let moto = Moto::start().await;
         let clients = Clients::load(&moto.aws_options()).await;
-        let name = format!("url2png-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "url2png-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let queue = create_queue_with_dlq(&clients.sqs, &name, &options).await;
         clients
             .s3

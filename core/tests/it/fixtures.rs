@@ -33,7 +33,10 @@ async fn serves_registered_and_default_pages_and_records_hits() {
     fixtures.page("/hello", Page::html("<p>hi</p>"));
     fixtures.page("/gone", Page::html("nope").status(410));
 
-    assert_eq!(get(&fixtures.url("/hello")).await, (200, None, "<p>hi</p>".into()));
+    assert_eq!(
+        get(&fixtures.url("/hello")).await,
+        (200, None, "<p>hi</p>".into())
+    );
     assert_eq!(get(&fixtures.url("/gone")).await.0, 410);
     assert_eq!(get(&fixtures.url("/x?status=503")).await.0, 503);
     let (status, location, _) = get(&fixtures.url("/x?redirect=/hello")).await;
@@ -55,8 +58,19 @@ async fn delays_and_hit_waiting() {
     let url = fixtures.url("/slow?delay_ms=2000");
     // The hit is recorded when the request arrives, before the delayed answer.
     let request = tokio::spawn(async move { get(&url).await });
-    assert!(fixtures.wait_for_hits("/slow", 1, Duration::from_secs(10)).await);
-    assert!(!request.is_finished(), "the answer is held back by the delay");
+    assert!(
+        fixtures
+            .wait_for_hits("/slow", 1, Duration::from_secs(10))
+            .await
+    );
+    assert!(
+        !request.is_finished(),
+        "the answer is held back by the delay"
+    );
     assert_eq!(request.await.unwrap().0, 200);
-    assert!(!fixtures.wait_for_hits("/never", 1, Duration::from_millis(100)).await);
+    assert!(
+        !fixtures
+            .wait_for_hits("/never", 1, Duration::from_millis(100))
+            .await
+    );
 }

@@ -43,7 +43,9 @@ async fn put_head_and_get_an_image_and_a_failure_record() {
     assert_eq!(head.content_length(), Some(image.len() as i64));
     assert_eq!(head.content_type(), Some("image/png"));
     assert_eq!(
-        head.metadata().and_then(|m| m.get("width")).map(String::as_str),
+        head.metadata()
+            .and_then(|m| m.get("width"))
+            .map(String::as_str),
         Some("1280")
     );
 
@@ -68,7 +70,9 @@ async fn put_head_and_get_an_image_and_a_failure_record() {
         reason: FailureReason::Timeout,
         message: "page did not load within 30000 ms".into(),
         attempts: 2,
-        failed_at: time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+        failed_at: time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap(),
     };
     clients
         .s3

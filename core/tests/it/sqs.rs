@@ -165,7 +165,9 @@ async fn long_poll_returns_a_message_sent_while_it_waits() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(
-        JobMessage::parse(got[0].body().unwrap().as_bytes()).unwrap().id,
+        JobMessage::parse(got[0].body().unwrap().as_bytes())
+            .unwrap()
+            .id,
         sent[0].id
     );
 }
@@ -236,7 +238,9 @@ async fn redrive_moves_a_message_to_the_dead_letter_queue() {
     let dead = receive(&aws, &aws.queue.dlq_url, 1, 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        JobMessage::parse(dead[0].body().unwrap().as_bytes()).unwrap().id,
+        JobMessage::parse(dead[0].body().unwrap().as_bytes())
+            .unwrap()
+            .id,
         sent[0].id
     );
 }

@@ -1,0 +1,45 @@
+//! Settings every binary shares, as clap arguments that are also
+//! environment variables. Each binary flattens [`CommonArgs`] into its own
+//! `Config`.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+use crate::telemetry::LogFormat;
+
+/// Logging and the operations endpoint (`/healthz`, `/metrics`).
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Log line format: `json` (one object per line, for CloudWatch Logs)
+    /// or `text`. Filter with `RUST_LOG`.
+    #[arg(long, env = "URL2PNG_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// Parse a socket address such as `0.0.0.0:9090` or `127.0.0.1:0`.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:9090: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn log_format_flag() {
+        let cli = Cli::try_parse_from(["x", "--log-format", "text"]).unwrap();
+        assert_eq!(cli.common.log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["x", "--log-format", "yaml"]).is_err());
+        assert!(parse_addr("127.0.0.1:0").is_ok());
+        assert!(parse_addr("localhost").is_err());
+    }
+}

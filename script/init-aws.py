@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Create the fleet's queue, dead-letter queue and bucket in an AWS endpoint.
+
+Used by script/server against a local moto_server, and by the compose
+file's one-shot init container. Idempotent: existing resources are kept.
+
+Settings (environment):
+  AWS_ENDPOINT_URL              where to create them (required)
+  URL2PNG_QUEUE_NAME            main queue name (default url2png-jobs)
+  URL2PNG_DLQ_NAME              dead-letter queue name (default <queue>-dlq)
+  URL2PNG_MAX_RECEIVE_COUNT     receives before a message is dead-lettered (default 5)
+  URL2PNG_VISIBILITY_TIMEOUT    main queue visibility timeout, seconds (default 60)
+  URL2PNG_BUCKET                bucket name (default url2png-images)
+
+Prints the queue URL, DLQ URL and bucket as KEY=VALUE lines.
+"""
+import json
+import os
+import sys
+
+import boto3
+
+
+def main() -> int:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        print("AWS_ENDPOINT_URL is not set", file=sys.stderr)
+        return 2
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    queue = os.environ.get("URL2PNG_QUEUE_NAME", "url2png-jobs")
+    dlq = os.environ.get("URL2PNG_DLQ_NAME", f"{queue}-dlq")
+    bucket = os.environ.get("URL2PNG_BUCKET", "url2png-images")
+    max_receive = os.environ.get("URL2PNG_MAX_RECEIVE_COUNT", "5")
+    visibility = os.environ.get("URL2PNG_VISIBILITY_TIMEOUT", "60")
+
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+
+    dlq_url = sqs.create_queue(QueueName=dlq)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    queue_url = sqs.create_queue(
+        QueueName=queue,
+        Attributes={
+            "VisibilityTimeout": visibility,
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive}
+            ),
+        },
+    )["QueueUrl"]
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+
+    print(f"URL2PNG_QUEUE_URL={queue_url}")
+    print(f"URL2PNG_DLQ_URL={dlq_url}")
+    print(f"URL2PNG_BUCKET={bucket}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
