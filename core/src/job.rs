@@ -94,6 +94,9 @@ pub struct RenderOptions {
     pub delay_ms: u32,
     /// Budget for navigation, waiting and capture together, in milliseconds.
     pub timeout_ms: u32,
+    /// Fail for good, without an image, when the page answers with an HTTP
+    /// status of 400 or more (otherwise the error page is captured).
+    pub fail_on_http_error: bool,
 }
 
 impl Default for RenderOptions {
@@ -109,6 +112,7 @@ impl Default for RenderOptions {
             wait_for: WaitFor::Load,
             delay_ms: 0,
             timeout_ms: TIMEOUT_DEFAULT_MS,
+            fail_on_http_error: false,
         }
     }
 }
@@ -620,6 +624,7 @@ mod tests {
                 wait_for: WaitFor::Selector("main > .ready".into()),
                 delay_ms: 250,
                 timeout_ms: 45_000,
+                fail_on_http_error: true,
             },
         );
         job.submitted_at = Some(time::macros::datetime!(2026-11-25 10:00:00.123 UTC));

@@ -94,8 +94,11 @@ pub enum FailureReason {
     UnsupportedVersion,
     /// The URL policy refused the target address.
     UrlRefused,
-    /// The page could not be loaded (DNS, connection, TLS, HTTP-level error).
+    /// The page could not be loaded (DNS, connection, TLS).
     NavigationFailed,
+    /// The page answered with an HTTP error status and the job asked to
+    /// fail on that (`fail_on_http_error`).
+    HttpError,
     /// The per-job timeout ran out.
     Timeout,
     /// The wait condition never held (for example, the selector never
@@ -115,6 +118,7 @@ impl FailureReason {
             Self::UnsupportedVersion => "unsupported_version",
             Self::UrlRefused => "url_refused",
             Self::NavigationFailed => "navigation_failed",
+            Self::HttpError => "http_error",
             Self::Timeout => "timeout",
             Self::WaitFailed => "wait_failed",
             Self::RenderFailed => "render_failed",
@@ -228,6 +232,7 @@ mod tests {
             FailureReason::UnsupportedVersion,
             FailureReason::UrlRefused,
             FailureReason::NavigationFailed,
+            FailureReason::HttpError,
             FailureReason::Timeout,
             FailureReason::WaitFailed,
             FailureReason::RenderFailed,

@@ -1,53 +1,242 @@
-//! The worker library behind `url2png-worker`: it renders screenshot jobs from the SQS queue with a pool of headless Chromium tabs and stores the images in S3.
+//! The worker library behind `url2png-worker`: it renders screenshot jobs
+//! from the SQS queue with a pool of headless Chromium tabs and stores the
+//! images in S3.
 //!
-//! [`run`] takes its configuration and a shutdown token as values, so
-//! tests start the real thing on loopback.
+//! - [`receive`]: pollers that receive as many messages as there are free
+//!   slots;
+//! - [`process`]: one message from receipt to acknowledgement;
+//! - [`pool`] and [`render`]: the Chromium pool and what is done on a page;
+//! - [`heartbeat`] and [`ack`]: visibility extensions, deletes and releases;
+//! - [`backoff`]: retry delays; [`config`]: settings; [`metrics`].
+//!
+//! [`Worker::start`] takes its configuration and AWS clients as values, so
+//! tests run the real thing against an emulator on loopback.
+
+pub mod ack;
+pub mod backoff;
+pub mod config;
+pub mod heartbeat;
+pub mod metrics;
+pub mod pool;
+pub mod process;
+pub mod receive;
+pub mod render;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
-use url2png_core::config::{CommonArgs, parse_addr};
+use tokio_util::task::TaskTracker;
+use url2png_core::aws::{AwsOptions, Clients};
+use url2png_core::keys::KeyLayout;
 
-/// Every setting, as a flag and an environment variable.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "url2png-worker", version, about)]
-pub struct Config {
-    #[command(flatten)]
-    pub common: CommonArgs,
+pub use config::Config;
 
-    /// Address of the operations endpoint (`/healthz`, `/metrics`).
-    #[arg(long, env = "URL2PNG_WORKER_LISTEN", default_value = "127.0.0.1:9091", value_parser = parse_addr)]
-    pub listen: SocketAddr,
-}
+use crate::ack::Acker;
+use crate::heartbeat::Heartbeat;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolConfig};
+use crate::process::Ctx;
+use crate::receive::{ReceiveConfig, ReceiveState, Receiver};
 
-/// Run until `shutdown` is cancelled.
+/// Run with clients from the default AWS chain until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = url2png_core::telemetry::new_registry();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
-    url2png_core::ops::serve(listener, url2png_core::ops::router(registry), shutdown).await?;
-    Ok(())
+    config.validate().map_err(anyhow::Error::msg)?;
+    let clients = Clients::load(&AwsOptions::default()).await;
+    let worker = Worker::start(config, clients).await?;
+    worker.run(shutdown).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A started worker: browsers launched, operations endpoint bound.
+#[derive(Debug)]
+pub struct Worker {
+    config: Config,
+    clients: Clients,
+    pool: Pool,
+    metrics: Metrics,
+    registry: prometheus::Registry,
+    listener: tokio::net::TcpListener,
+}
 
-    #[test]
-    fn config_from_flags() {
-        let config = Config::try_parse_from([
-            "url2png-worker",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
-        .unwrap();
-        assert_eq!(config.listen.port(), 0);
-        assert!(Config::try_parse_from(["url2png-worker", "--listen", "nowhere"]).is_err());
+impl Worker {
+    /// Launch the browser pool and bind the operations endpoint.
+    pub async fn start(config: Config, clients: Clients) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let registry = url2png_core::telemetry::new_registry();
+        let metrics = Metrics::register(&registry)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let pool = Pool::start(
+            PoolConfig {
+                chromium_path: config.chromium_path.clone(),
+                extra_args: config
+                    .chromium_args
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                sandbox: config.sandbox(),
+                browsers: config.browsers,
+                pages_per_browser: config.pages_per_browser,
+                recycle_after: config.recycle_after,
+                cdp_timeout: Duration::from_secs(config.cdp_timeout_seconds),
+                navigation_timeout: Duration::from_secs(
+                    config.render_timeout_seconds + config.cdp_timeout_seconds,
+                ),
+                probe_interval: Duration::from_secs(5),
+            },
+            metrics.clone(),
+        )
+        .await?;
+        Ok(Self {
+            config,
+            clients,
+            pool,
+            metrics,
+            registry,
+            listener,
+        })
+    }
+
+    /// Address of `/healthz` and `/metrics`.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.listen)
+    }
+
+    /// The browser pool, for tests that break it.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The metrics, for tests that read them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Receive and render until `shutdown`, then drain: stop receiving at
+    /// once, give in-flight jobs the grace period, hand back what is left,
+    /// send pending deletes, and close every browser. Browsers are closed on
+    /// every path out of here.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let pool = self.pool.clone();
+        let result = self.serve(shutdown).await;
+        pool.close().await;
+        result
+    }
+
+    async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = &self.config;
+        let sqs = self.clients.sqs.clone();
+        let background = CancellationToken::new();
+        let heartbeat = Heartbeat::new(
+            sqs.clone(),
+            config.queue_url.clone(),
+            config.visibility(),
+            Duration::from_secs(config.heartbeat_seconds),
+            self.metrics.clone(),
+        );
+        let heartbeat_task = tokio::spawn(heartbeat.clone().run(background.clone()));
+        let (acker, acker_task) = Acker::start(
+            sqs.clone(),
+            config.queue_url.clone(),
+            heartbeat.clone(),
+            self.metrics.clone(),
+            Duration::from_millis(config.delete_flush_ms),
+        );
+        let ctx = Arc::new(Ctx {
+            s3: self.clients.s3.clone(),
+            bucket: config.bucket.clone(),
+            layout: KeyLayout::new(config.key_prefix.clone()).map_err(anyhow::Error::msg)?,
+            pool: self.pool.clone(),
+            heartbeat: heartbeat.clone(),
+            acker: acker.clone(),
+            metrics: self.metrics.clone(),
+            visibility: config.visibility(),
+            render_timeout: Duration::from_secs(config.render_timeout_seconds),
+            cdp_timeout: Duration::from_secs(config.cdp_timeout_seconds),
+            retry_base: Duration::from_secs(config.retry_base_seconds),
+            retry_max: Duration::from_secs(config.retry_max_seconds),
+        });
+        let state = Arc::new(ReceiveState::default());
+        let jobs = TaskTracker::new();
+        let job_cancel = CancellationToken::new();
+        let receiver = Arc::new(Receiver {
+            sqs,
+            config: ReceiveConfig {
+                queue_url: config.queue_url.clone(),
+                concurrency: config.concurrency(),
+                batch_max: config.receive_batch_max,
+                wait_time_seconds: config.wait_time_seconds,
+                visibility_timeout: config.visibility(),
+                pollers: config.receive_pollers,
+                gather: Duration::from_millis(config.receive_gather_ms),
+                poll_pause: Duration::from_millis(config.poll_pause_ms),
+            },
+            ctx,
+            slots: Arc::new(Semaphore::new(config.concurrency())),
+            gather_lock: Mutex::new(()),
+            state: state.clone(),
+            jobs: jobs.clone(),
+            job_cancel: job_cancel.clone(),
+        });
+
+        let ops = {
+            let pool = self.pool.clone();
+            let state = state.clone();
+            url2png_core::telemetry::metrics_router(self.registry.clone()).route(
+                "/healthz",
+                get(move || {
+                    let healthy = pool.live_browsers() > 0 && state.running();
+                    async move {
+                        if healthy {
+                            (StatusCode::OK, "ok")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+                        }
+                    }
+                }),
+            )
+        };
+        let ops_stop = CancellationToken::new();
+        let ops_task = tokio::spawn(url2png_core::ops::serve(
+            self.listener,
+            ops,
+            ops_stop.clone(),
+        ));
+        tracing::info!(
+            concurrency = config.concurrency(),
+            browsers = config.browsers,
+            pages_per_browser = config.pages_per_browser,
+            "worker started"
+        );
+
+        receiver.clone().run(shutdown.clone()).await;
+        drop(receiver);
+
+        // Stopped receiving: drain.
+        jobs.close();
+        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        tracing::info!(in_flight = jobs.len(), ?grace, "draining");
+        if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
+            tracing::warn!(left = jobs.len(), "grace period over; handing unfinished messages back");
+            job_cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
+        }
+        acker.close();
+        drop(acker);
+        let _ = tokio::time::timeout(Duration::from_secs(10), acker_task).await;
+        background.cancel();
+        let _ = heartbeat_task.await;
+        ops_stop.cancel();
+        let _ = ops_task.await;
+        tracing::info!("worker stopped");
+        Ok(())
     }
 }

@@ -1,0 +1,294 @@
+//! The worker's settings: every one a flag and an environment variable,
+//! checked together before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use url2png_core::config::{CommonArgs, parse_addr};
+use url2png_core::keys::KeyLayout;
+
+use crate::heartbeat::MAX_INVISIBLE;
+
+/// Settings of `url2png-worker`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "url2png-worker", version, about = "Render screenshot jobs from SQS into S3.")]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// URL of the job queue.
+    #[arg(long, env = "URL2PNG_QUEUE_URL")]
+    pub queue_url: String,
+
+    /// Bucket the images and failure records go to.
+    #[arg(long, env = "URL2PNG_BUCKET")]
+    pub bucket: String,
+
+    /// Prefix of every key in the bucket (e.g. `shots/`).
+    #[arg(long, env = "URL2PNG_KEY_PREFIX", default_value = "")]
+    pub key_prefix: String,
+
+    /// Jobs rendered at once; at most browsers × pages per browser
+    /// (the default).
+    #[arg(long, env = "URL2PNG_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+
+    /// Chromium processes in the pool.
+    #[arg(long, env = "URL2PNG_BROWSERS", default_value_t = 1)]
+    pub browsers: usize,
+
+    /// Pages (jobs) each browser renders at once.
+    #[arg(long, env = "URL2PNG_PAGES_PER_BROWSER", default_value_t = 4)]
+    pub pages_per_browser: usize,
+
+    /// Most messages asked for in one receive (1..=10).
+    #[arg(long, env = "URL2PNG_RECEIVE_BATCH_MAX", default_value_t = 10)]
+    pub receive_batch_max: usize,
+
+    /// Long-poll wait of a receive, in seconds (0..=20).
+    #[arg(long, env = "URL2PNG_WAIT_TIME_SECONDS", default_value_t = 20)]
+    pub wait_time_seconds: u32,
+
+    /// Receive calls that may be outstanding at once, so a slot that frees
+    /// during a long poll is filled by another poll.
+    #[arg(long, env = "URL2PNG_RECEIVE_POLLERS", default_value_t = 2)]
+    pub receive_pollers: usize,
+
+    /// After a slot frees, how long to wait for more slots to free before
+    /// receiving, in milliseconds: fewer, fuller receives. Never longer than
+    /// it takes for half the slots (up to a batch) to be free.
+    #[arg(long, env = "URL2PNG_RECEIVE_GATHER_MS", default_value_t = 250)]
+    pub receive_gather_ms: u64,
+
+    /// Pause after every receive, in milliseconds (0 in production; 1000
+    /// reproduces a sleep-between-polls design for benchmarks).
+    #[arg(long, env = "URL2PNG_POLL_PAUSE_MS", default_value_t = 0)]
+    pub poll_pause_ms: u64,
+
+    /// Visibility timeout asked for on receive and on every extension, in
+    /// seconds.
+    #[arg(long, env = "URL2PNG_VISIBILITY_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub visibility_timeout_seconds: u64,
+
+    /// Time between heartbeat ticks, in seconds; at most half the
+    /// visibility timeout.
+    #[arg(long, env = "URL2PNG_HEARTBEAT_SECONDS", default_value_t = 20)]
+    pub heartbeat_seconds: u64,
+
+    /// Upper bound of any job's render time, in seconds; a job's own
+    /// `timeout_ms` applies when shorter.
+    #[arg(long, env = "URL2PNG_RENDER_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub render_timeout_seconds: u64,
+
+    /// Budget of each single call into Chromium, in seconds.
+    #[arg(long, env = "URL2PNG_CDP_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub cdp_timeout_seconds: u64,
+
+    /// Replace a browser after this many renders (1: a fresh browser per
+    /// job).
+    #[arg(long, env = "URL2PNG_RECYCLE_AFTER", default_value_t = 200)]
+    pub recycle_after: u64,
+
+    /// Time in-flight jobs get to finish after SIGTERM, in seconds; keep it
+    /// below the orchestrator's stop timeout (ECS: 30 s by default).
+    #[arg(long, env = "URL2PNG_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Longest wait before queued deletes are sent, in milliseconds.
+    #[arg(long, env = "URL2PNG_DELETE_FLUSH_MS", default_value_t = 1000)]
+    pub delete_flush_ms: u64,
+
+    /// First retry delay after a retryable failure, in seconds; it doubles
+    /// with each receive.
+    #[arg(long, env = "URL2PNG_RETRY_BASE_SECONDS", default_value_t = 5)]
+    pub retry_base_seconds: u64,
+
+    /// Longest retry delay, in seconds.
+    #[arg(long, env = "URL2PNG_RETRY_MAX_SECONDS", default_value_t = 300)]
+    pub retry_max_seconds: u64,
+
+    /// Address of `/healthz` and `/metrics`.
+    #[arg(long, env = "URL2PNG_WORKER_LISTEN", default_value = "127.0.0.1:9091", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+
+    /// Chromium executable.
+    #[arg(long, env = "URL2PNG_CHROMIUM_PATH", default_value = "/usr/bin/chromium")]
+    pub chromium_path: PathBuf,
+
+    /// Extra Chromium arguments, separated by spaces.
+    #[arg(long, env = "URL2PNG_CHROMIUM_ARGS", default_value = "")]
+    pub chromium_args: String,
+
+    /// Chromium's sandbox: `auto` (on unless running as root, where
+    /// Chromium cannot use it), `on` or `off`.
+    #[arg(long, env = "URL2PNG_CHROMIUM_SANDBOX", default_value = "auto")]
+    pub chromium_sandbox: Sandbox,
+}
+
+/// Whether Chromium runs sandboxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sandbox {
+    Auto,
+    On,
+    Off,
+}
+
+impl Config {
+    /// Check settings that only make sense together. The message says what
+    /// to change.
+    pub fn validate(&self) -> Result<(), String> {
+        let err = |m: String| Err(m);
+        if self.queue_url.trim().is_empty() {
+            return err("URL2PNG_QUEUE_URL is empty".into());
+        }
+        if self.bucket.trim().is_empty() {
+            return err("URL2PNG_BUCKET is empty".into());
+        }
+        KeyLayout::new(self.key_prefix.clone()).map_err(|e| e.to_string())?;
+        if self.browsers == 0 || self.pages_per_browser == 0 {
+            return err("URL2PNG_BROWSERS and URL2PNG_PAGES_PER_BROWSER must be at least 1".into());
+        }
+        let pages = self.browsers * self.pages_per_browser;
+        match self.concurrency {
+            Some(0) => return err("URL2PNG_CONCURRENCY must be at least 1".into()),
+            Some(c) if c > pages => {
+                return err(format!(
+                    "URL2PNG_CONCURRENCY={c} is more than the pool's {pages} pages \
+                     ({} browsers × {} pages): a received job would wait for a page",
+                    self.browsers, self.pages_per_browser
+                ));
+            }
+            _ => {}
+        }
+        if !(1..=10).contains(&self.receive_batch_max) {
+            return err(format!(
+                "URL2PNG_RECEIVE_BATCH_MAX={} is outside 1..=10, SQS's limit",
+                self.receive_batch_max
+            ));
+        }
+        if self.wait_time_seconds > 20 {
+            return err(format!(
+                "URL2PNG_WAIT_TIME_SECONDS={} is over 20, SQS's limit",
+                self.wait_time_seconds
+            ));
+        }
+        if self.receive_pollers == 0 {
+            return err("URL2PNG_RECEIVE_POLLERS must be at least 1".into());
+        }
+        let visibility = self.visibility_timeout_seconds;
+        if visibility < 2 || Duration::from_secs(visibility) > MAX_INVISIBLE {
+            return err(format!(
+                "URL2PNG_VISIBILITY_TIMEOUT_SECONDS={visibility} is outside 2..=43200"
+            ));
+        }
+        if self.heartbeat_seconds == 0 || self.heartbeat_seconds * 2 > visibility {
+            return err(format!(
+                "URL2PNG_HEARTBEAT_SECONDS={} must be at least 1 and at most half of \
+                 URL2PNG_VISIBILITY_TIMEOUT_SECONDS={visibility}, so a late tick still \
+                 extends in time",
+                self.heartbeat_seconds
+            ));
+        }
+        if self.render_timeout_seconds == 0 || self.cdp_timeout_seconds == 0 {
+            return err("URL2PNG_RENDER_TIMEOUT_SECONDS and URL2PNG_CDP_TIMEOUT_SECONDS must be at least 1".into());
+        }
+        if self.recycle_after == 0 {
+            return err("URL2PNG_RECYCLE_AFTER must be at least 1".into());
+        }
+        if self.retry_base_seconds == 0 || self.retry_base_seconds > self.retry_max_seconds {
+            return err("URL2PNG_RETRY_BASE_SECONDS must be at least 1 and at most URL2PNG_RETRY_MAX_SECONDS".into());
+        }
+        if self.retry_max_seconds > 43_200 {
+            return err("URL2PNG_RETRY_MAX_SECONDS is over 43200, SQS's limit".into());
+        }
+        Ok(())
+    }
+
+    /// Jobs at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .unwrap_or(self.browsers * self.pages_per_browser)
+    }
+
+    /// Whether Chromium runs sandboxed, resolving `auto`.
+    pub fn sandbox(&self) -> bool {
+        match self.chromium_sandbox {
+            Sandbox::On => true,
+            Sandbox::Off => false,
+            Sandbox::Auto => !running_as_root(),
+        }
+    }
+
+    pub fn visibility(&self) -> Duration {
+        Duration::from_secs(self.visibility_timeout_seconds)
+    }
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut args = vec!["url2png-worker", "--queue-url", "http://q", "--bucket", "b"];
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_are_consistent() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.concurrency(), 4);
+        assert_eq!(config.visibility(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn contradictions_are_refused_with_the_variable_named() {
+        for (args, needle) in [
+            (&["--heartbeat-seconds", "60"][..], "URL2PNG_HEARTBEAT_SECONDS"),
+            (&["--heartbeat-seconds", "31"][..], "URL2PNG_HEARTBEAT_SECONDS"),
+            (&["--receive-batch-max", "11"][..], "URL2PNG_RECEIVE_BATCH_MAX"),
+            (&["--receive-batch-max", "0"][..], "URL2PNG_RECEIVE_BATCH_MAX"),
+            (&["--wait-time-seconds", "21"][..], "URL2PNG_WAIT_TIME_SECONDS"),
+            (&["--concurrency", "9", "--browsers", "2"][..], "URL2PNG_CONCURRENCY"),
+            (&["--concurrency", "0"][..], "URL2PNG_CONCURRENCY"),
+            (&["--browsers", "0"][..], "URL2PNG_BROWSERS"),
+            (&["--visibility-timeout-seconds", "43201"][..], "URL2PNG_VISIBILITY_TIMEOUT"),
+            (&["--recycle-after", "0"][..], "URL2PNG_RECYCLE_AFTER"),
+            (&["--key-prefix", "/abs/"][..], "prefix"),
+            (&["--retry-base-seconds", "600"][..], "URL2PNG_RETRY_BASE_SECONDS"),
+        ] {
+            let e = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn concurrency_may_exceed_a_batch() {
+        let config = parse(&["--browsers", "4", "--pages-per-browser", "5"]).unwrap();
+        assert_eq!(config.concurrency(), 20);
+        let config = parse(&["--browsers", "4", "--pages-per-browser", "5", "--concurrency", "12"]).unwrap();
+        assert_eq!(config.concurrency(), 12);
+    }
+
+    #[test]
+    fn required_settings() {
+        assert!(Config::try_parse_from(["url2png-worker", "--bucket", "b"]).is_err());
+        assert!(parse(&["--chromium-sandbox", "maybe"]).is_err());
+        assert!(parse(&["--chromium-sandbox", "off"]).is_ok_and(|c| !c.sandbox()));
+    }
+}

@@ -1,0 +1,571 @@
+//! The shared, self-healing Chromium pool.
+//!
+//! `browsers` Chromium processes are launched once and shared by every job;
+//! each takes at most `pages_per_browser` jobs at a time. A job gets a
+//! [`Lease`]: a new page in a new browser context of the least-loaded live
+//! browser, so no cookies, storage or cache pass between jobs. Dropping the
+//! lease closes the page and disposes of the context.
+//!
+//! Healing: a task per browser drives its CDP connection and marks the
+//! browser dead when the connection breaks (a crash); a probe marks it hung
+//! when it stops answering. A dead or hung browser takes no new jobs, its
+//! process is killed and reaped, and a replacement is launched. After
+//! `recycle_after` renders a browser is drained: a replacement starts at
+//! once and the old one is closed when its last job ends.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::cdp::browser_protocol::target::{
+    CreateBrowserContextParams, CreateTargetParams,
+};
+use chromiumoxide::error::CdpError;
+use chromiumoxide::page::Page;
+use futures::StreamExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+/// How the pool launches and manages browsers.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub chromium_path: PathBuf,
+    /// Extra command-line arguments for Chromium.
+    pub extra_args: Vec<String>,
+    /// Run Chromium's sandbox. Off when running as root, where Chromium
+    /// refuses to start with it.
+    pub sandbox: bool,
+    pub browsers: usize,
+    pub pages_per_browser: usize,
+    /// Close and replace a browser after this many renders.
+    pub recycle_after: u64,
+    /// Budget of every single call into Chromium.
+    pub cdp_timeout: Duration,
+    /// Longest navigation Chromium's client waits for; the job's own
+    /// timeout is shorter.
+    pub navigation_timeout: Duration,
+    /// How often each browser is asked whether it still answers.
+    pub probe_interval: Duration,
+}
+
+/// Why the pool could not hand out a page.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no browser could give a page: {0}")]
+    Unavailable(String),
+    #[error("the pool is shutting down")]
+    Closed,
+}
+
+/// Why a browser was replaced, as the `reason` label of restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    Crash,
+    Hang,
+    Recycle,
+}
+
+impl RestartReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Crash => "crash",
+            Self::Hang => "hang",
+            Self::Recycle => "recycle",
+        }
+    }
+}
+
+enum Event {
+    /// The browser is gone or stuck: kill it and launch another.
+    Failed(u64, RestartReason),
+    /// The browser reached its render budget: launch another now.
+    Drain(u64),
+    /// A drained browser's last job ended: close it.
+    Retire(u64),
+}
+
+struct Slot {
+    id: u64,
+    browser: RwLock<Browser>,
+    alive: AtomicBool,
+    draining: AtomicBool,
+    active: AtomicUsize,
+    renders: AtomicU64,
+    user_data_dir: PathBuf,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Slot {
+    fn usable(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+struct Inner {
+    config: PoolConfig,
+    metrics: Metrics,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    /// One permit per page the pool may have open.
+    pages: Arc<Semaphore>,
+    changed: Notify,
+    events: mpsc::UnboundedSender<Event>,
+    next_id: AtomicU64,
+    closing: AtomicBool,
+}
+
+/// The browser pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+    supervisor: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("live_browsers", &self.live_browsers())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Launch `config.browsers` browsers. Fails if the first cannot start
+    /// (a wrong path, a missing library): nothing would ever render.
+    pub async fn start(config: PoolConfig, metrics: Metrics) -> anyhow::Result<Self> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            pages: Arc::new(Semaphore::new(config.browsers * config.pages_per_browser)),
+            config,
+            metrics,
+            slots: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            events,
+            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+        });
+        let launches = (0..inner.config.browsers).map(|_| launch(&inner));
+        for slot in futures::future::join_all(launches).await {
+            let slot = slot?;
+            inner.slots.lock().expect("slots").insert(slot.id, slot);
+        }
+        let supervisor = tokio::spawn(supervise(inner.clone(), rx));
+        Ok(Self {
+            inner,
+            supervisor: Arc::new(Mutex::new(Some(supervisor))),
+        })
+    }
+
+    /// Browsers that can take jobs now.
+    pub fn live_browsers(&self) -> usize {
+        self.inner
+            .slots
+            .lock()
+            .expect("slots")
+            .values()
+            .filter(|s| s.alive.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Total pages the pool can have open at once.
+    pub fn capacity(&self) -> usize {
+        self.inner.config.browsers * self.inner.config.pages_per_browser
+    }
+
+    /// A fresh page in a fresh browser context, waiting at most `wait` for
+    /// a browser to have room.
+    pub async fn acquire(&self, wait: Duration) -> Result<Lease, PoolError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + wait;
+        let permit = tokio::time::timeout_at(deadline, inner.pages.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::Unavailable("every page is busy".into()))?
+            .map_err(|_| PoolError::Closed)?;
+        let mut last_error = String::from("no live browser");
+        for _attempt in 0..3 {
+            let slot = loop {
+                if inner.closing.load(Ordering::Acquire) {
+                    return Err(PoolError::Closed);
+                }
+                let notified = inner.changed.notified();
+                if let Some(slot) = self.pick() {
+                    break slot;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Err(PoolError::Unavailable(last_error));
+                }
+            };
+            match self.open_page(&slot).await {
+                Ok((context, page)) => {
+                    return Ok(Lease {
+                        page: Some(page),
+                        context: Some(context),
+                        slot,
+                        inner: inner.clone(),
+                        _permit: permit,
+                    });
+                }
+                Err(e) => {
+                    finish_job(inner, &slot, false);
+                    last_error = e;
+                }
+            }
+        }
+        Err(PoolError::Unavailable(last_error))
+    }
+
+    /// The least-loaded usable browser with room, counted as taken.
+    fn pick(&self) -> Option<Arc<Slot>> {
+        let slots = self.inner.slots.lock().expect("slots");
+        let max = self.inner.config.pages_per_browser;
+        let slot = slots
+            .values()
+            .filter(|s| s.usable() && s.active.load(Ordering::Acquire) < max)
+            .min_by_key(|s| (s.active.load(Ordering::Acquire), s.id))?
+            .clone();
+        slot.active.fetch_add(1, Ordering::AcqRel);
+        Some(slot)
+    }
+
+    async fn open_page(&self, slot: &Arc<Slot>) -> Result<(BrowserContextId, Page), String> {
+        let timeout = self.inner.config.cdp_timeout;
+        let browser = slot.browser.read().await;
+        let context = match tokio::time::timeout(
+            timeout,
+            browser.create_browser_context(CreateBrowserContextParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(context)) => context,
+            Ok(Err(e)) => {
+                self.report(slot, RestartReason::Crash);
+                return Err(format!("creating a browser context: {e}"));
+            }
+            Err(_) => {
+                self.report(slot, RestartReason::Hang);
+                return Err(format!("creating a browser context took over {timeout:?}"));
+            }
+        };
+        let params = CreateTargetParams::builder()
+            .url("about:blank")
+            .browser_context_id(context.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, browser.new_page(params)).await {
+            Ok(Ok(page)) => Ok((context, page)),
+            failure => {
+                let message = match failure {
+                    Ok(Err(e)) => format!("opening a page: {e}"),
+                    _ => format!("opening a page took over {timeout:?}"),
+                };
+                // The context is of no use without its page.
+                let _ = tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
+                if !slot.alive.load(Ordering::Acquire) {
+                    self.report(slot, RestartReason::Crash);
+                }
+                Err(message)
+            }
+        }
+    }
+
+    /// Tell the pool that a browser seems broken (for example, a render on
+    /// it timed out in a CDP call). It is probed and replaced if need be.
+    pub fn report_suspect(&self, lease: &Lease) {
+        let slot = lease.slot.clone();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if !probe(&inner, &slot).await {
+                mark_failed(&inner, &slot, RestartReason::Hang);
+            }
+        });
+    }
+
+    fn report(&self, slot: &Arc<Slot>, reason: RestartReason) {
+        mark_failed(&self.inner, slot, reason);
+    }
+
+    /// Close every browser and wait for their processes to exit.
+    pub async fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.inner.pages.close();
+        self.inner.changed.notify_waiters();
+        let supervisor = self.supervisor.lock().expect("supervisor").take();
+        if let Some(task) = supervisor {
+            task.abort();
+            let _ = task.await;
+        }
+        let slots: Vec<_> = self.inner.slots.lock().expect("slots").drain().map(|(_, s)| s).collect();
+        futures::future::join_all(slots.iter().map(|slot| shut_down(&self.inner, slot))).await;
+    }
+
+    /// Process ids of the running browsers, for tests that kill one.
+    pub async fn browser_pids(&self) -> Vec<u32> {
+        let slots: Vec<_> = self.inner.slots.lock().expect("slots").values().cloned().collect();
+        let mut pids = Vec::new();
+        for slot in slots {
+            let mut browser = slot.browser.write().await;
+            if let Some(pid) = browser.get_mut_child().and_then(|c| c.as_mut_inner().id()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+/// One job's page. Dropping it closes the page and disposes its context.
+pub struct Lease {
+    page: Option<Page>,
+    context: Option<BrowserContextId>,
+    slot: Arc<Slot>,
+    inner: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("browser", &self.slot.id).finish()
+    }
+}
+
+impl Lease {
+    /// The page to render on.
+    pub fn page(&self) -> &Page {
+        self.page.as_ref().expect("a lease holds its page until dropped")
+    }
+
+    /// Whether the browser behind this page is still alive.
+    pub fn browser_alive(&self) -> bool {
+        self.slot.alive.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (Some(page), Some(context)) = (self.page.take(), self.context.take()) else {
+            return;
+        };
+        let slot = self.slot.clone();
+        let inner = self.inner.clone();
+        let timeout = inner.config.cdp_timeout;
+        // Cleanup needs async calls; it also runs when a job is cancelled.
+        let cleanup = async move {
+            if slot.alive.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(timeout, page.close()).await;
+                let browser = slot.browser.read().await;
+                let _ = tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
+            }
+            finish_job(&inner, &slot, true);
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(cleanup);
+        }
+    }
+}
+
+/// A job on `slot` ended (or never started, when `rendered` is false).
+fn finish_job(inner: &Arc<Inner>, slot: &Arc<Slot>, rendered: bool) {
+    let active = slot.active.fetch_sub(1, Ordering::AcqRel) - 1;
+    if rendered {
+        let renders = slot.renders.fetch_add(1, Ordering::AcqRel) + 1;
+        if renders >= inner.config.recycle_after && !slot.draining.swap(true, Ordering::AcqRel) {
+            let _ = inner.events.send(Event::Drain(slot.id));
+        }
+    }
+    if active == 0 && (slot.draining.load(Ordering::Acquire)) {
+        let _ = inner.events.send(Event::Retire(slot.id));
+    }
+    inner.changed.notify_waiters();
+}
+
+fn mark_failed(inner: &Arc<Inner>, slot: &Arc<Slot>, reason: RestartReason) {
+    if slot.alive.swap(false, Ordering::AcqRel) {
+        let _ = inner.events.send(Event::Failed(slot.id, reason));
+    }
+}
+
+/// Whether the browser answers a trivial call in time.
+async fn probe(inner: &Inner, slot: &Slot) -> bool {
+    let timeout = inner.config.cdp_timeout;
+    let Ok(browser) = tokio::time::timeout(timeout, slot.browser.read()).await else {
+        return false;
+    };
+    matches!(tokio::time::timeout(timeout, browser.version()).await, Ok(Ok(_)))
+}
+
+/// Replace failed and drained browsers, retire drained ones.
+async fn supervise(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Failed(id, reason) => {
+                let slot = inner.slots.lock().expect("slots").remove(&id);
+                if let Some(slot) = slot {
+                    tracing::warn!(browser = id, reason = reason.as_str(), "replacing browser");
+                    inner
+                        .metrics
+                        .browser_restarts
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    // A drained browser already has its replacement.
+                    let replaced = slot.draining.load(Ordering::Acquire);
+                    let task_inner = inner.clone();
+                    tokio::spawn(async move { shut_down(&task_inner, &slot).await });
+                    if !replaced {
+                        replace(&inner).await;
+                    }
+                }
+            }
+            Event::Drain(id) => {
+                tracing::info!(browser = id, "recycling browser after its render budget");
+                inner
+                    .metrics
+                    .browser_restarts
+                    .with_label_values(&[RestartReason::Recycle.as_str()])
+                    .inc();
+                replace(&inner).await;
+            }
+            Event::Retire(id) => {
+                let slot = inner.slots.lock().expect("slots").remove(&id);
+                if let Some(slot) = slot {
+                    let task_inner = inner.clone();
+                    tokio::spawn(async move { shut_down(&task_inner, &slot).await });
+                }
+            }
+        }
+    }
+}
+
+/// Launch a browser, retrying with backoff until it starts or the pool closes.
+async fn replace(inner: &Arc<Inner>) {
+    let mut delay = Duration::from_millis(250);
+    while !inner.closing.load(Ordering::Acquire) {
+        match launch(inner).await {
+            Ok(slot) => {
+                inner.slots.lock().expect("slots").insert(slot.id, slot);
+                inner.changed.notify_waiters();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "cannot launch a browser");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
+    let config = &inner.config;
+    let id = inner.next_id.fetch_add(1, Ordering::AcqRel);
+    let user_data_dir =
+        std::env::temp_dir().join(format!("url2png-chromium-{}-{id}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&user_data_dir);
+    std::fs::create_dir_all(&user_data_dir)?;
+    let mut builder = BrowserConfig::builder()
+        .chrome_executable(&config.chromium_path)
+        .user_data_dir(&user_data_dir)
+        .viewport(None)
+        .request_timeout(config.navigation_timeout)
+        .launch_timeout(Duration::from_secs(30))
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-gpu",
+            "--disable-domain-reliability",
+            "--no-default-browser-check",
+            "--no-pings",
+        ])
+        .args(config.extra_args.iter().map(String::as_str));
+    if !config.sandbox {
+        builder = builder.no_sandbox();
+    }
+    let browser_config = builder.build().map_err(anyhow::Error::msg)?;
+    let (browser, mut handler) = Browser::launch(browser_config).await.map_err(|e| {
+        anyhow::anyhow!(
+            "launching {}: {e}",
+            config.chromium_path.display()
+        )
+    })?;
+    let slot = Arc::new(Slot {
+        id,
+        browser: RwLock::new(browser),
+        alive: AtomicBool::new(true),
+        draining: AtomicBool::new(false),
+        active: AtomicUsize::new(0),
+        renders: AtomicU64::new(0),
+        user_data_dir,
+        tasks: Mutex::new(Vec::new()),
+    });
+    // Drive the CDP connection; when it breaks, the browser is gone.
+    let driver = {
+        let inner = inner.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            while let Some(event) = handler.next().await {
+                match event {
+                    // The socket broke: the process died or was killed.
+                    Err(CdpError::Ws(e)) => {
+                        tracing::debug!(browser = slot.id, error = %e, "CDP connection lost");
+                        break;
+                    }
+                    Err(e) => tracing::debug!(browser = slot.id, error = %e, "CDP error"),
+                    Ok(()) => {}
+                }
+            }
+            mark_failed(&inner, &slot, RestartReason::Crash);
+        })
+    };
+    // Ask now and then whether it still answers; a hung browser does not.
+    let prober = {
+        let inner = Arc::downgrade(inner);
+        let slot = Arc::downgrade(&slot);
+        let interval = config.probe_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let (Some(inner), Some(slot)) = (inner.upgrade(), slot.upgrade()) else {
+                    return;
+                };
+                if !slot.alive.load(Ordering::Acquire) {
+                    return;
+                }
+                if !probe(&inner, &slot).await {
+                    mark_failed(&inner, &slot, RestartReason::Hang);
+                    return;
+                }
+            }
+        })
+    };
+    slot.tasks.lock().expect("tasks").extend([driver, prober]);
+    tracing::info!(browser = id, "browser launched");
+    Ok(slot)
+}
+
+/// Close a browser politely, kill it if it does not go, reap it, and remove
+/// its profile directory.
+async fn shut_down(inner: &Inner, slot: &Slot) {
+    slot.alive.store(false, Ordering::Release);
+    let timeout = inner.config.cdp_timeout;
+    let mut browser = slot.browser.write().await;
+    let closed = matches!(tokio::time::timeout(timeout, browser.close()).await, Ok(Ok(_)));
+    let exited = closed
+        && matches!(
+            tokio::time::timeout(timeout, browser.wait()).await,
+            Ok(Ok(_))
+        );
+    if !exited {
+        let _ = browser.kill().await;
+        let _ = browser.wait().await;
+    }
+    for task in slot.tasks.lock().expect("tasks").drain(..) {
+        task.abort();
+    }
+    let _ = std::fs::remove_dir_all(&slot.user_data_dir);
+    tracing::debug!(browser = slot.id, "browser closed");
+}

@@ -1,0 +1,322 @@
+//! One message, from receipt to acknowledgement.
+//!
+//! The outcome decides what happens to the message:
+//! - stored (or already stored, for a redelivery): the image is in S3, so
+//!   the message is deleted;
+//! - failed for good (a broken body, a refused or unloadable URL, an HTTP
+//!   error the job asked to fail on): a failure record is stored, then the
+//!   message is deleted;
+//! - retryable (timeout, browser crash, S3 trouble): the message is hidden
+//!   for a backoff that grows with its receive count, and the queue's
+//!   redrive policy ends the story of a message that keeps failing;
+//! - cancelled at shutdown: the message is made visible at once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use url2png_core::job::{ErrorCode, JobMessage};
+use url2png_core::keys::{FailureReason, FailureRecord, KeyLayout};
+use uuid::Uuid;
+
+use crate::ack::Acker;
+use crate::backoff::retry_visibility_secs;
+use crate::heartbeat::Heartbeat;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::render::{RenderError, Rendered, render};
+
+/// What every job needs; shared by all of them.
+#[derive(Debug)]
+pub struct Ctx {
+    pub s3: aws_sdk_s3::Client,
+    pub bucket: String,
+    pub layout: KeyLayout,
+    pub pool: Pool,
+    pub heartbeat: Heartbeat,
+    pub acker: Acker,
+    pub metrics: Metrics,
+    pub visibility: Duration,
+    pub render_timeout: Duration,
+    pub cdp_timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+enum Outcome {
+    /// Done with the message: delete it. The label is the `outcome` metric.
+    Done(&'static str),
+    /// Try again after a backoff.
+    Retry(String),
+    /// Cancelled at shutdown: hand back at once.
+    Release,
+}
+
+/// Handle one received message. `received` is when its receive call was
+/// made; `cancel` fires when the shutdown grace period is over.
+pub async fn process(ctx: Arc<Ctx>, message: Message, received: Instant, cancel: CancellationToken) {
+    let (Some(message_id), Some(receipt)) = (message.message_id(), message.receipt_handle()) else {
+        tracing::error!("message without id or receipt handle; ignoring it");
+        return;
+    };
+    let attributes = message.attributes();
+    let attribute = |name: MessageSystemAttributeName| attributes.and_then(|a| a.get(&name));
+    let receive_count: u32 = attribute(MessageSystemAttributeName::ApproximateReceiveCount)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    let sent_at = attribute(MessageSystemAttributeName::SentTimestamp)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+
+    ctx.heartbeat
+        .track(message_id, receipt, received, ctx.visibility)
+        .await;
+    ctx.metrics.in_flight.inc();
+    let body = message.body().unwrap_or_default();
+    let span = tracing::info_span!("job", message_id, receive_count, job_id = tracing::field::Empty);
+    let outcome = tokio::select! {
+        outcome = handle(&ctx, message_id, body, receive_count, sent_at).instrument(span.clone()) => outcome,
+        _ = cancel.cancelled() => Outcome::Release,
+    };
+    let _entered = span.enter();
+    match outcome {
+        Outcome::Done(label) => {
+            ctx.acker.delete(message_id, receipt);
+            ctx.metrics.jobs.with_label_values(&[label]).inc();
+        }
+        Outcome::Retry(why) => {
+            let secs = retry_visibility_secs(receive_count, ctx.retry_base, ctx.retry_max);
+            tracing::warn!(reason = %why, retry_in_secs = secs, "job failed; will retry");
+            ctx.acker.release(message_id, receipt, secs).await;
+            ctx.metrics.jobs.with_label_values(&["retried"]).inc();
+        }
+        Outcome::Release => {
+            tracing::info!("shutting down; handing the message back");
+            ctx.acker.release(message_id, receipt, 0).await;
+            ctx.metrics.jobs.with_label_values(&["released"]).inc();
+        }
+    }
+    ctx.metrics.in_flight.dec();
+}
+
+async fn handle(
+    ctx: &Ctx,
+    message_id: &str,
+    body: &str,
+    receive_count: u32,
+    sent_at: Option<SystemTime>,
+) -> Outcome {
+    let job = match JobMessage::parse(body.as_bytes()) {
+        Ok(job) => job,
+        Err(e) => {
+            let (id, url) = salvage(body, message_id);
+            tracing::Span::current().record("job_id", tracing::field::display(id));
+            tracing::warn!(error = %e, "refusing a message that breaks the contract");
+            let reason = if e.code == ErrorCode::UnsupportedVersion {
+                FailureReason::UnsupportedVersion
+            } else {
+                FailureReason::InvalidMessage
+            };
+            return store_failure(ctx, id, url, reason, e.to_string(), receive_count).await;
+        }
+    };
+    tracing::Span::current().record("job_id", tracing::field::display(job.id));
+    let key = ctx.layout.image(job.id, job.options.format);
+
+    if receive_count > 1 && exists(ctx, &key).await {
+        tracing::info!("image already stored; acknowledging the redelivery");
+        return Outcome::Done("duplicate");
+    }
+
+    let started = Instant::now();
+    let rendered = match render_job(ctx, &job).await {
+        Ok(rendered) => rendered,
+        Err(Failure::Retry(why)) => return Outcome::Retry(why),
+        Err(Failure::Permanent(reason, message)) => {
+            tracing::info!(reason = reason.as_str(), %message, "job failed for good");
+            return store_failure(ctx, job.id, Some(job.url.clone()), reason, message, receive_count).await;
+        }
+    };
+    ctx.metrics
+        .render_seconds
+        .observe(started.elapsed().as_secs_f64());
+
+    match store_image(ctx, &job, &key, rendered, started.elapsed()).await {
+        Ok(()) => {
+            if let Some(elapsed) = sent_at.and_then(|t| t.elapsed().ok()) {
+                ctx.metrics
+                    .queue_to_stored_seconds
+                    .observe(elapsed.as_secs_f64());
+            }
+            tracing::info!(key, "image stored");
+            Outcome::Done("stored")
+        }
+        Err(e) => Outcome::Retry(format!("storing the image: {e}")),
+    }
+}
+
+enum Failure {
+    Retry(String),
+    Permanent(FailureReason, String),
+}
+
+async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
+    let lease = ctx
+        .pool
+        .acquire(ctx.cdp_timeout * 3)
+        .await
+        .map_err(|e| Failure::Retry(e.to_string()))?;
+    let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
+    let result = tokio::time::timeout(
+        budget,
+        render(lease.page(), &job.url, &job.options, ctx.cdp_timeout),
+    )
+    .await;
+    match result {
+        Ok(Ok(rendered)) => Ok(rendered),
+        Err(_) if !lease.browser_alive() => Err(Failure::Retry("the browser died".into())),
+        Err(_) => Err(Failure::Retry(format!(
+            "the page did not finish within {} ms",
+            budget.as_millis()
+        ))),
+        Ok(Err(e)) => {
+            if e.suspects_browser() {
+                ctx.pool.report_suspect(&lease);
+            }
+            if e.is_retryable() {
+                return Err(Failure::Retry(e.to_string()));
+            }
+            let reason = match e {
+                RenderError::HttpStatus(_) => FailureReason::HttpError,
+                RenderError::InvalidSelector(_) => FailureReason::InvalidMessage,
+                RenderError::Navigation { .. } => FailureReason::NavigationFailed,
+                RenderError::CdpTimeout(..) | RenderError::Cdp(..) => FailureReason::RenderFailed,
+            };
+            Err(Failure::Permanent(reason, e.to_string()))
+        }
+    }
+}
+
+/// What can be read from a body that breaks the contract: its `id` if it
+/// is a UUID (so the status of that id shows the failure), else the SQS
+/// message id; and its `url` if it is a string.
+fn salvage(body: &str, message_id: &str) -> (Uuid, Option<String>) {
+    let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let field = |name: &str| value.as_ref().and_then(|v| v.get(name)).and_then(|v| v.as_str());
+    let id = field("id")
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .or_else(|| Uuid::parse_str(message_id).ok())
+        .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, message_id.as_bytes()));
+    let url = field("url").map(|u| {
+        let mut end = u.len().min(url2png_core::job::MAX_URL_BYTES);
+        while !u.is_char_boundary(end) {
+            end -= 1;
+        }
+        u[..end].to_owned()
+    });
+    (id, url)
+}
+
+async fn exists(ctx: &Ctx, key: &str) -> bool {
+    let started = std::time::Instant::now();
+    let result = ctx.s3.head_object().bucket(&ctx.bucket).key(key).send().await;
+    ctx.metrics.aws_call("s3", "HeadObject", started, &result);
+    result.is_ok()
+}
+
+async fn store_image(
+    ctx: &Ctx,
+    job: &JobMessage,
+    key: &str,
+    rendered: Rendered,
+    render_time: Duration,
+) -> Result<(), String> {
+    let options = &job.options;
+    let mut request = ctx
+        .s3
+        .put_object()
+        .bucket(&ctx.bucket)
+        .key(key)
+        .content_type(options.format.content_type())
+        .metadata("job-id", job.id.to_string())
+        .metadata("width", rendered.width.to_string())
+        .metadata("height", rendered.height.to_string())
+        .metadata("device-scale-factor", options.device_scale_factor.to_string())
+        .metadata("full-page", options.full_page.to_string())
+        .metadata("truncated", rendered.truncated.to_string())
+        .metadata("render-ms", render_time.as_millis().to_string());
+    if let Some(status) = rendered.status {
+        request = request.metadata("http-status", status.to_string());
+    }
+    let started = std::time::Instant::now();
+    let result = request
+        .body(ByteStream::from(rendered.bytes))
+        .send()
+        .await;
+    ctx.metrics.aws_call("s3", "PutObject", started, &result);
+    result
+        .map(|_| ())
+        .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+}
+
+async fn store_failure(
+    ctx: &Ctx,
+    id: Uuid,
+    url: Option<String>,
+    reason: FailureReason,
+    message: String,
+    attempts: u32,
+) -> Outcome {
+    let record = FailureRecord {
+        id,
+        url,
+        reason,
+        message,
+        attempts,
+        failed_at: OffsetDateTime::now_utc(),
+    };
+    let started = std::time::Instant::now();
+    let result = ctx
+        .s3
+        .put_object()
+        .bucket(&ctx.bucket)
+        .key(ctx.layout.failure(id))
+        .content_type("application/json")
+        .body(ByteStream::from(record.to_json().into_bytes()))
+        .send()
+        .await;
+    ctx.metrics.aws_call("s3", "PutObject", started, &result);
+    match result {
+        Ok(_) => Outcome::Done("failed"),
+        Err(e) => Outcome::Retry(format!(
+            "storing the failure record: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&e)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salvages_what_it_can_from_broken_bodies() {
+        let mid = "0b7e5e1c-8a47-4f7e-a0f6-6c1b8a4f3a20";
+        let (id, url) = salvage(r#"{"id":"6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11","url":"x","version":9}"#, mid);
+        assert_eq!(id.to_string(), "6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11");
+        assert_eq!(url.as_deref(), Some("x"));
+        let (id, url) = salvage("not json", mid);
+        assert_eq!(id.to_string(), mid);
+        assert_eq!(url, None);
+        let (id, _) = salvage(r#"{"id": 42}"#, "not-a-uuid");
+        assert_eq!(id, salvage("", "not-a-uuid").0, "stable for one message id");
+        let long = format!(r#"{{"url":"{}"}}"#, "é".repeat(10_000));
+        let (_, url) = salvage(&long, mid);
+        assert!(url.unwrap().len() <= url2png_core::job::MAX_URL_BYTES);
+    }
+}

@@ -1,0 +1,206 @@
+//! The receive loop: slots, not batches.
+//!
+//! A slot is a semaphore permit for one job. A poller asks SQS for as many
+//! messages as it holds free slots (at most the batch maximum), so no
+//! message is received that cannot start at once, and each message's job
+//! takes its slot with it. Several pollers run, so a slot that frees while
+//! one poller sits in a 20-second long poll is picked up by another; only
+//! one poller gathers slots at a time, and it waits up to the gather window
+//! for more slots to free (up to half the concurrency) so that a busy
+//! worker makes few, full receives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::retry_delay;
+use crate::process::{Ctx, process};
+
+/// How the pollers behave.
+#[derive(Debug, Clone)]
+pub struct ReceiveConfig {
+    pub queue_url: String,
+    pub concurrency: usize,
+    pub batch_max: usize,
+    pub wait_time_seconds: u32,
+    pub visibility_timeout: Duration,
+    pub pollers: usize,
+    pub gather: Duration,
+    pub poll_pause: Duration,
+}
+
+/// Shared state of the pollers, for health and for logging state changes
+/// rather than every failed attempt.
+#[derive(Debug, Default)]
+pub struct ReceiveState {
+    running: AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl ReceiveState {
+    /// Whether at least one poller runs.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire) > 0
+    }
+
+    fn failed(&self, error: &str) {
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(error, "receiving from SQS fails; backing off and retrying");
+        } else {
+            tracing::debug!(error, "receive still failing");
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("receiving from SQS works again");
+        }
+    }
+}
+
+/// Everything the pollers share.
+#[derive(Debug)]
+pub struct Receiver {
+    pub sqs: aws_sdk_sqs::Client,
+    pub config: ReceiveConfig,
+    pub ctx: Arc<Ctx>,
+    pub slots: Arc<Semaphore>,
+    pub gather_lock: Mutex<()>,
+    pub state: Arc<ReceiveState>,
+    /// Where job tasks are spawned, to wait for them at shutdown.
+    pub jobs: TaskTracker,
+    /// Cancelled when the shutdown grace period is over.
+    pub job_cancel: CancellationToken,
+}
+
+impl Receiver {
+    /// Run `pollers` pollers until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let pollers: Vec<_> = (0..self.config.pollers)
+            .map(|_| tokio::spawn(self.clone().poll_loop(shutdown.clone())))
+            .collect();
+        for poller in pollers {
+            let _ = poller.await;
+        }
+    }
+
+    async fn poll_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        self.state.running.fetch_add(1, Ordering::AcqRel);
+        let mut failures = 0u32;
+        while let Some(mut permits) = self.gather(&shutdown).await {
+            let received = Instant::now();
+            let result = tokio::select! {
+                r = self.receive(permits.len()) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match result {
+                Ok(messages) => {
+                    failures = 0;
+                    self.state.succeeded();
+                    self.ctx
+                        .metrics
+                        .receive_batch_size
+                        .observe(messages.len() as f64);
+                    for message in messages {
+                        let Some(permit) = permits.pop() else {
+                            // SQS returned more than asked; never happens,
+                            // but a job without a slot must not start.
+                            tracing::error!("more messages than slots; leaving the rest to reappear");
+                            break;
+                        };
+                        let ctx = self.ctx.clone();
+                        let cancel = self.job_cancel.clone();
+                        self.jobs.spawn(async move {
+                            process(ctx, message, received, cancel).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    drop(permits);
+                    self.state.failed(&e);
+                    failures += 1;
+                    let delay = retry_delay(
+                        failures,
+                        Duration::from_millis(500),
+                        Duration::from_secs(20),
+                        fastrand::f64(),
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
+            drop(permits);
+            if !self.config.poll_pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.poll_pause) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        self.state.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Wait for at least one free slot, then gather more: up to half the
+    /// concurrency (at most a batch) within the gather window, and then
+    /// whatever else is free at once. `None` at shutdown.
+    async fn gather(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedSemaphorePermit>> {
+        let _turn = tokio::select! {
+            guard = self.gather_lock.lock() => guard,
+            _ = shutdown.cancelled() => return None,
+        };
+        let mut permits = Vec::with_capacity(self.config.batch_max);
+        tokio::select! {
+            permit = self.slots.clone().acquire_owned() => permits.push(permit.ok()?),
+            _ = shutdown.cancelled() => return None,
+        }
+        let target = (self.config.concurrency / 2).clamp(1, self.config.batch_max);
+        let deadline = Instant::now() + self.config.gather;
+        while permits.len() < target {
+            tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permits.push(permit.ok()?),
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+        while permits.len() < self.config.batch_max {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    async fn receive(&self, max: usize) -> Result<Vec<aws_sdk_sqs::types::Message>, String> {
+        let started = std::time::Instant::now();
+        let result = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.config.queue_url)
+            .max_number_of_messages(i32::try_from(max).unwrap_or(10))
+            .wait_time_seconds(i32::try_from(self.config.wait_time_seconds).unwrap_or(20))
+            .visibility_timeout(
+                i32::try_from(self.config.visibility_timeout.as_secs()).unwrap_or(i32::MAX),
+            )
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await;
+        self.ctx
+            .metrics
+            .aws_call("sqs", "ReceiveMessage", started, &result);
+        result
+            .map(|out| out.messages.unwrap_or_default())
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())
+    }
+}

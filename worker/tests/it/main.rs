@@ -1,0 +1,8 @@
+//! Integration tests of the worker against a real `moto_server`, real
+//! Chromium and loopback fixture pages.
+
+mod support;
+
+mod lifecycle;
+mod rendering;
+mod resilience;

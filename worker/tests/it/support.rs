@@ -1,0 +1,197 @@
+//! Shared set-up: an emulator, fixtures, a worker, and ways to wait for
+//! what it stores.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use url2png_core::JobMessage;
+use url2png_testkit::TestAws;
+use url2png_worker::{Config, Worker};
+
+/// Worker settings for tests: the emulator's queue and bucket, an ephemeral
+/// ops port, and `extra` flags on top.
+pub fn config(aws: &TestAws, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "url2png-worker".to_owned(),
+        "--queue-url".into(),
+        aws.queue.url.clone(),
+        "--bucket".into(),
+        aws.bucket.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--log-format".into(),
+        "text".into(),
+        "--wait-time-seconds".into(),
+        "1".into(),
+        "--delete-flush-ms".into(),
+        "100".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Config::try_parse_from(args).expect("test config parses")
+}
+
+/// A running worker.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub pool: url2png_worker::pool::Pool,
+    pub metrics: url2png_worker::metrics::Metrics,
+    pub ops: std::net::SocketAddr,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("worker task").expect("worker run");
+    }
+}
+
+pub async fn start_worker(aws: &TestAws, extra: &[&str]) -> Running {
+    let _ = tracing_subscriber_init();
+    let worker = Worker::start(config(aws, extra), aws.clients.clone())
+        .await
+        .expect("worker starts");
+    let pool = worker.pool().clone();
+    let metrics = worker.metrics().clone();
+    let ops = worker.ops_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(worker.run(shutdown.clone()));
+    Running {
+        shutdown,
+        task,
+        pool,
+        metrics,
+        ops,
+    }
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    url2png_core::telemetry::init_tracing(url2png_core::telemetry::LogFormat::Text).map_err(|_| ())
+}
+
+/// Send raw bodies in batches of 10.
+pub async fn send_bodies(aws: &TestAws, bodies: &[String]) {
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = aws
+            .clients
+            .sqs
+            .send_message_batch()
+            .queue_url(&aws.queue.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+    }
+}
+
+pub async fn send_jobs(aws: &TestAws, jobs: &[JobMessage]) {
+    let bodies: Vec<String> = jobs.iter().map(JobMessage::to_json).collect();
+    send_bodies(aws, &bodies).await;
+}
+
+/// Poll `check` every 100 ms until it returns `Some`, or panic after
+/// `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every key in the bucket.
+pub async fn keys(aws: &TestAws) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = aws
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(&aws.bucket)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .unwrap();
+        keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        match out.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return keys,
+        }
+    }
+}
+
+pub async fn get(aws: &TestAws, key: &str) -> Vec<u8> {
+    aws.clients
+        .s3
+        .get_object()
+        .bucket(&aws.bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
+}
+
+/// (visible, in flight) counts of a queue.
+pub async fn queue_counts(aws: &TestAws, url: &str) -> (u64, u64) {
+    let attrs = aws
+        .clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    let n = |k| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (
+        n(QueueAttributeName::ApproximateNumberOfMessages),
+        n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// Width and height from a PNG's IHDR chunk.
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 24 && &bytes[..8] == b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+/// Current value of a counter with these label values.
+pub fn counter(vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
+    vec.with_label_values(labels).get()
+}
