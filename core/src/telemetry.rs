@@ -52,9 +52,13 @@ impl fmt::Display for LogFormat {
 }
 
 /// Install the global tracing subscriber. The filter comes from `RUST_LOG`
-/// (default `info`). Fails if a subscriber is already installed.
+/// (default `info`, with chromiumoxide's protocol chatter at `error`). Fails if a subscriber is already installed.
 pub fn init_tracing(format: LogFormat) -> Result<(), tracing_subscriber::util::TryInitError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // chromiumoxide warns about every CDP message newer than its protocol
+    // types; those are noise unless asked for.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,chromiumoxide::handler=error,chromiumoxide::conn=error")
+    });
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry

@@ -148,7 +148,14 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let failed = flush(&sqs, &queue_url, &heartbeat, &metrics, std::mem::take(&mut batch)).await;
+        let failed = flush(
+            &sqs,
+            &queue_url,
+            &heartbeat,
+            &metrics,
+            std::mem::take(&mut batch),
+        )
+        .await;
         for mut p in failed {
             p.attempts += 1;
             if p.attempts < DELETE_ATTEMPTS {
@@ -212,7 +219,9 @@ async fn flush(
     match result {
         Ok(out) => {
             for failed in out.failed {
-                let Ok(i) = failed.id.parse::<usize>() else { continue };
+                let Ok(i) = failed.id.parse::<usize>() else {
+                    continue;
+                };
                 if failed.sender_fault {
                     // An invalid handle will not become valid: the message
                     // comes back and is acknowledged as a duplicate then.

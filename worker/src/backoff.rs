@@ -34,7 +34,11 @@ mod tests {
     fn doubles_per_receive_within_jitter_bounds() {
         for (count, full) in [(1, 2), (2, 4), (3, 8), (4, 16), (6, 64)] {
             let full = Duration::from_secs(full);
-            assert_eq!(retry_delay(count, BASE, CAP, 0.0), full / 2, "count {count}");
+            assert_eq!(
+                retry_delay(count, BASE, CAP, 0.0),
+                full / 2,
+                "count {count}"
+            );
             assert_eq!(retry_delay(count, BASE, CAP, 1.0), full, "count {count}");
             let mid = retry_delay(count, BASE, CAP, 0.5);
             assert!(mid > full / 2 && mid < full);
@@ -48,7 +52,10 @@ mod tests {
         assert_eq!(retry_delay(u32::MAX, BASE, CAP, 0.0), CAP / 2);
         // A zero count is treated as the first delivery.
         assert_eq!(retry_delay(0, BASE, CAP, 1.0), BASE);
-        assert_eq!(retry_delay(3, BASE, CAP, f64::NAN.max(2.0)), Duration::from_secs(8));
+        assert_eq!(
+            retry_delay(3, BASE, CAP, f64::NAN.max(2.0)),
+            Duration::from_secs(8)
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use crate::heartbeat::MAX_INVISIBLE;
 
 /// Settings of `url2png-worker`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "url2png-worker", version, about = "Render screenshot jobs from SQS into S3.")]
+#[command(
+    name = "url2png-worker",
+    version,
+    about = "Render screenshot jobs from SQS into S3."
+)]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -114,7 +118,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Chromium executable.
-    #[arg(long, env = "URL2PNG_CHROMIUM_PATH", default_value = "/usr/bin/chromium")]
+    #[arg(
+        long,
+        env = "URL2PNG_CHROMIUM_PATH",
+        default_value = "/usr/bin/chromium"
+    )]
     pub chromium_path: PathBuf,
 
     /// Extra Chromium arguments, separated by spaces.
@@ -192,7 +200,10 @@ impl Config {
             ));
         }
         if self.render_timeout_seconds == 0 || self.cdp_timeout_seconds == 0 {
-            return err("URL2PNG_RENDER_TIMEOUT_SECONDS and URL2PNG_CDP_TIMEOUT_SECONDS must be at least 1".into());
+            return err(
+                "URL2PNG_RENDER_TIMEOUT_SECONDS and URL2PNG_CDP_TIMEOUT_SECONDS must be at least 1"
+                    .into(),
+            );
         }
         if self.recycle_after == 0 {
             return err("URL2PNG_RECYCLE_AFTER must be at least 1".into());
@@ -259,18 +270,42 @@ mod tests {
     #[test]
     fn contradictions_are_refused_with_the_variable_named() {
         for (args, needle) in [
-            (&["--heartbeat-seconds", "60"][..], "URL2PNG_HEARTBEAT_SECONDS"),
-            (&["--heartbeat-seconds", "31"][..], "URL2PNG_HEARTBEAT_SECONDS"),
-            (&["--receive-batch-max", "11"][..], "URL2PNG_RECEIVE_BATCH_MAX"),
-            (&["--receive-batch-max", "0"][..], "URL2PNG_RECEIVE_BATCH_MAX"),
-            (&["--wait-time-seconds", "21"][..], "URL2PNG_WAIT_TIME_SECONDS"),
-            (&["--concurrency", "9", "--browsers", "2"][..], "URL2PNG_CONCURRENCY"),
+            (
+                &["--heartbeat-seconds", "60"][..],
+                "URL2PNG_HEARTBEAT_SECONDS",
+            ),
+            (
+                &["--heartbeat-seconds", "31"][..],
+                "URL2PNG_HEARTBEAT_SECONDS",
+            ),
+            (
+                &["--receive-batch-max", "11"][..],
+                "URL2PNG_RECEIVE_BATCH_MAX",
+            ),
+            (
+                &["--receive-batch-max", "0"][..],
+                "URL2PNG_RECEIVE_BATCH_MAX",
+            ),
+            (
+                &["--wait-time-seconds", "21"][..],
+                "URL2PNG_WAIT_TIME_SECONDS",
+            ),
+            (
+                &["--concurrency", "9", "--browsers", "2"][..],
+                "URL2PNG_CONCURRENCY",
+            ),
             (&["--concurrency", "0"][..], "URL2PNG_CONCURRENCY"),
             (&["--browsers", "0"][..], "URL2PNG_BROWSERS"),
-            (&["--visibility-timeout-seconds", "43201"][..], "URL2PNG_VISIBILITY_TIMEOUT"),
+            (
+                &["--visibility-timeout-seconds", "43201"][..],
+                "URL2PNG_VISIBILITY_TIMEOUT",
+            ),
             (&["--recycle-after", "0"][..], "URL2PNG_RECYCLE_AFTER"),
             (&["--key-prefix", "/abs/"][..], "prefix"),
-            (&["--retry-base-seconds", "600"][..], "URL2PNG_RETRY_BASE_SECONDS"),
+            (
+                &["--retry-base-seconds", "600"][..],
+                "URL2PNG_RETRY_BASE_SECONDS",
+            ),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));
             assert!(e.contains(needle), "{args:?}: {e}");
@@ -281,7 +316,15 @@ mod tests {
     fn concurrency_may_exceed_a_batch() {
         let config = parse(&["--browsers", "4", "--pages-per-browser", "5"]).unwrap();
         assert_eq!(config.concurrency(), 20);
-        let config = parse(&["--browsers", "4", "--pages-per-browser", "5", "--concurrency", "12"]).unwrap();
+        let config = parse(&[
+            "--browsers",
+            "4",
+            "--pages-per-browser",
+            "5",
+            "--concurrency",
+            "12",
+        ])
+        .unwrap();
         assert_eq!(config.concurrency(), 12);
     }
 

@@ -106,7 +106,13 @@ impl Heartbeat {
     /// Start keeping a message invisible. `received` is when the receive
     /// call that returned it was made; its visibility runs out `current`
     /// after that.
-    pub async fn track(&self, message_id: &str, receipt_handle: &str, received: Instant, current: Duration) {
+    pub async fn track(
+        &self,
+        message_id: &str,
+        receipt_handle: &str,
+        received: Instant,
+        current: Duration,
+    ) {
         self.inner.table.lock().await.insert(
             message_id.to_owned(),
             Entry {
@@ -125,7 +131,11 @@ impl Heartbeat {
 
     /// Track an entry again (after a failed delete).
     pub async fn retrack(&self, message_id: &str, entry: Entry) {
-        self.inner.table.lock().await.insert(message_id.to_owned(), entry);
+        self.inner
+            .table
+            .lock()
+            .await
+            .insert(message_id.to_owned(), entry);
     }
 
     /// Messages tracked now.
@@ -180,7 +190,9 @@ impl Heartbeat {
             async move {
                 let started = StdInstant::now();
                 let result = request.send().await;
-                inner.metrics.aws_call("sqs", "ChangeMessageVisibilityBatch", started, &result);
+                inner
+                    .metrics
+                    .aws_call("sqs", "ChangeMessageVisibilityBatch", started, &result);
                 (chunk, result)
             }
         });
@@ -189,7 +201,9 @@ impl Heartbeat {
             match result {
                 Ok(out) => {
                     for ok in out.successful {
-                        if let Some((id, timeout)) = ok.id.parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                        if let Some((id, timeout)) =
+                            ok.id.parse::<usize>().ok().and_then(|i| chunk.get(i))
+                        {
                             if let Some(entry) = table.get_mut(id) {
                                 entry.expires = now + *timeout;
                             }
@@ -197,7 +211,9 @@ impl Heartbeat {
                         }
                     }
                     for failed in out.failed {
-                        let Some((id, _)) = failed.id.parse::<usize>().ok().and_then(|i| chunk.get(i)) else {
+                        let Some((id, _)) =
+                            failed.id.parse::<usize>().ok().and_then(|i| chunk.get(i))
+                        else {
                             continue;
                         };
                         // The message is gone (deleted elsewhere, or its
@@ -242,7 +258,10 @@ mod tests {
         assert!(plan(&table, Instant::now(), HORIZON, VISIBILITY).is_empty());
 
         tokio::time::advance(Duration::from_secs(34)).await;
-        assert!(plan(&table, Instant::now(), HORIZON, VISIBILITY).is_empty(), "expires in 26 s");
+        assert!(
+            plan(&table, Instant::now(), HORIZON, VISIBILITY).is_empty(),
+            "expires in 26 s"
+        );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
@@ -272,7 +291,10 @@ mod tests {
             for (id, timeout) in plan(&table, now, HORIZON, VISIBILITY) {
                 table.get_mut(&id).unwrap().expires = now + timeout;
             }
-            assert!(table["a"].expires > now + INTERVAL, "would lapse before the next tick");
+            assert!(
+                table["a"].expires > now + INTERVAL,
+                "would lapse before the next tick"
+            );
         }
     }
 
@@ -304,10 +326,16 @@ mod tests {
         let now = Instant::now();
         let mut table = HashMap::new();
         for i in 0..25 {
-            table.insert(format!("m{i:02}"), entry(now, Duration::from_secs(if i % 2 == 0 { 5 } else { 600 })));
+            table.insert(
+                format!("m{i:02}"),
+                entry(now, Duration::from_secs(if i % 2 == 0 { 5 } else { 600 })),
+            );
         }
         let due = plan(&table, now, HORIZON, VISIBILITY);
         assert_eq!(due.len(), 13);
-        assert!(due.iter().all(|(id, _)| id[1..].parse::<u32>().unwrap() % 2 == 0));
+        assert!(
+            due.iter()
+                .all(|(id, _)| id[1..].parse::<u32>().unwrap() % 2 == 0)
+        );
     }
 }

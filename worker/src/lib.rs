@@ -105,9 +105,7 @@ impl Worker {
 
     /// Address of `/healthz` and `/metrics`.
     pub fn ops_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.config.listen)
+        self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
     /// The browser pool, for tests that break it.
@@ -225,7 +223,10 @@ impl Worker {
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
         tracing::info!(in_flight = jobs.len(), ?grace, "draining");
         if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
-            tracing::warn!(left = jobs.len(), "grace period over; handing unfinished messages back");
+            tracing::warn!(
+                left = jobs.len(),
+                "grace period over; handing unfinished messages back"
+            );
             job_cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
         }

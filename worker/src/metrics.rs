@@ -34,9 +34,15 @@ impl Metrics {
             IntCounterVec::new(Opts::new(name, help).namespace(ns), labels)
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            Histogram::with_opts(HistogramOpts::new(name, help).namespace(ns).buckets(buckets))
+            Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .namespace(ns)
+                    .buckets(buckets),
+            )
         };
-        let seconds = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0];
+        let seconds = vec![
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0,
+        ];
         let metrics = Self {
             jobs: counter_vec("jobs_total", "Jobs finished, by outcome.", &["outcome"])?,
             render_seconds: histogram(
@@ -50,8 +56,11 @@ impl Metrics {
                 seconds,
             )?,
             in_flight: IntGauge::with_opts(
-                Opts::new("jobs_in_flight", "Messages received and not yet acknowledged or released.")
-                    .namespace(ns),
+                Opts::new(
+                    "jobs_in_flight",
+                    "Messages received and not yet acknowledged or released.",
+                )
+                .namespace(ns),
             )?,
             receive_batch_size: histogram(
                 "receive_batch_size",
@@ -78,7 +87,9 @@ impl Metrics {
             aws_request_seconds: HistogramVec::new(
                 HistogramOpts::new("aws_request_duration_seconds", "AWS API call latency.")
                     .namespace(ns)
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 21.0]),
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 21.0,
+                    ]),
                 &["service", "operation"],
             )?,
         };
@@ -137,7 +148,12 @@ where
             SdkError::ResponseError(_) => "response",
             SdkError::ServiceError(e) => match e.err().code() {
                 Some(c) if c.contains("Throttl") => "throttled",
-                Some(c) if c.contains("ReceiptHandleIsInvalid") || c.contains("InvalidParameterValue") => "invalid",
+                Some(c)
+                    if c.contains("ReceiptHandleIsInvalid")
+                        || c.contains("InvalidParameterValue") =>
+                {
+                    "invalid"
+                }
                 Some(c) if c.contains("NoSuchKey") || c.contains("NotFound") => "not_found",
                 _ => "service",
             },

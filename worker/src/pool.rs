@@ -264,7 +264,8 @@ impl Pool {
                     _ => format!("opening a page took over {timeout:?}"),
                 };
                 // The context is of no use without its page.
-                let _ = tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
+                let _ =
+                    tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
                 if !slot.alive.load(Ordering::Acquire) {
                     self.report(slot, RestartReason::Crash);
                 }
@@ -299,13 +300,27 @@ impl Pool {
             task.abort();
             let _ = task.await;
         }
-        let slots: Vec<_> = self.inner.slots.lock().expect("slots").drain().map(|(_, s)| s).collect();
+        let slots: Vec<_> = self
+            .inner
+            .slots
+            .lock()
+            .expect("slots")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
         futures::future::join_all(slots.iter().map(|slot| shut_down(&self.inner, slot))).await;
     }
 
     /// Process ids of the running browsers, for tests that kill one.
     pub async fn browser_pids(&self) -> Vec<u32> {
-        let slots: Vec<_> = self.inner.slots.lock().expect("slots").values().cloned().collect();
+        let slots: Vec<_> = self
+            .inner
+            .slots
+            .lock()
+            .expect("slots")
+            .values()
+            .cloned()
+            .collect();
         let mut pids = Vec::new();
         for slot in slots {
             let mut browser = slot.browser.write().await;
@@ -328,14 +343,18 @@ pub struct Lease {
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("browser", &self.slot.id).finish()
+        f.debug_struct("Lease")
+            .field("browser", &self.slot.id)
+            .finish()
     }
 }
 
 impl Lease {
     /// The page to render on.
     pub fn page(&self) -> &Page {
-        self.page.as_ref().expect("a lease holds its page until dropped")
+        self.page
+            .as_ref()
+            .expect("a lease holds its page until dropped")
     }
 
     /// Whether the browser behind this page is still alive.
@@ -357,7 +376,8 @@ impl Drop for Lease {
             if slot.alive.load(Ordering::Acquire) {
                 let _ = tokio::time::timeout(timeout, page.close()).await;
                 let browser = slot.browser.read().await;
-                let _ = tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
+                let _ =
+                    tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
             }
             finish_job(&inner, &slot, true);
         };
@@ -394,7 +414,10 @@ async fn probe(inner: &Inner, slot: &Slot) -> bool {
     let Ok(browser) = tokio::time::timeout(timeout, slot.browser.read()).await else {
         return false;
     };
-    matches!(tokio::time::timeout(timeout, browser.version()).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(timeout, browser.version()).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Replace failed and drained browsers, retire drained ones.
@@ -486,12 +509,9 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
         builder = builder.no_sandbox();
     }
     let browser_config = builder.build().map_err(anyhow::Error::msg)?;
-    let (browser, mut handler) = Browser::launch(browser_config).await.map_err(|e| {
-        anyhow::anyhow!(
-            "launching {}: {e}",
-            config.chromium_path.display()
-        )
-    })?;
+    let (browser, mut handler) = Browser::launch(browser_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("launching {}: {e}", config.chromium_path.display()))?;
     let slot = Arc::new(Slot {
         id,
         browser: RwLock::new(browser),
@@ -553,7 +573,10 @@ async fn shut_down(inner: &Inner, slot: &Slot) {
     slot.alive.store(false, Ordering::Release);
     let timeout = inner.config.cdp_timeout;
     let mut browser = slot.browser.write().await;
-    let closed = matches!(tokio::time::timeout(timeout, browser.close()).await, Ok(Ok(_)));
+    let closed = matches!(
+        tokio::time::timeout(timeout, browser.close()).await,
+        Ok(Ok(_))
+    );
     let exited = closed
         && matches!(
             tokio::time::timeout(timeout, browser.wait()).await,

@@ -59,7 +59,12 @@ enum Outcome {
 
 /// Handle one received message. `received` is when its receive call was
 /// made; `cancel` fires when the shutdown grace period is over.
-pub async fn process(ctx: Arc<Ctx>, message: Message, received: Instant, cancel: CancellationToken) {
+pub async fn process(
+    ctx: Arc<Ctx>,
+    message: Message,
+    received: Instant,
+    cancel: CancellationToken,
+) {
     let (Some(message_id), Some(receipt)) = (message.message_id(), message.receipt_handle()) else {
         tracing::error!("message without id or receipt handle; ignoring it");
         return;
@@ -78,7 +83,12 @@ pub async fn process(ctx: Arc<Ctx>, message: Message, received: Instant, cancel:
         .await;
     ctx.metrics.in_flight.inc();
     let body = message.body().unwrap_or_default();
-    let span = tracing::info_span!("job", message_id, receive_count, job_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "job",
+        message_id,
+        receive_count,
+        job_id = tracing::field::Empty
+    );
     let outcome = tokio::select! {
         outcome = handle(&ctx, message_id, body, receive_count, sent_at).instrument(span.clone()) => outcome,
         _ = cancel.cancelled() => Outcome::Release,
@@ -139,7 +149,15 @@ async fn handle(
         Err(Failure::Retry(why)) => return Outcome::Retry(why),
         Err(Failure::Permanent(reason, message)) => {
             tracing::info!(reason = reason.as_str(), %message, "job failed for good");
-            return store_failure(ctx, job.id, Some(job.url.clone()), reason, message, receive_count).await;
+            return store_failure(
+                ctx,
+                job.id,
+                Some(job.url.clone()),
+                reason,
+                message,
+                receive_count,
+            )
+            .await;
         }
     };
     ctx.metrics
@@ -207,7 +225,12 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
 /// message id; and its `url` if it is a string.
 fn salvage(body: &str, message_id: &str) -> (Uuid, Option<String>) {
     let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
-    let field = |name: &str| value.as_ref().and_then(|v| v.get(name)).and_then(|v| v.as_str());
+    let field = |name: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+    };
     let id = field("id")
         .and_then(|s| Uuid::parse_str(s).ok())
         .or_else(|| Uuid::parse_str(message_id).ok())
@@ -224,7 +247,13 @@ fn salvage(body: &str, message_id: &str) -> (Uuid, Option<String>) {
 
 async fn exists(ctx: &Ctx, key: &str) -> bool {
     let started = std::time::Instant::now();
-    let result = ctx.s3.head_object().bucket(&ctx.bucket).key(key).send().await;
+    let result = ctx
+        .s3
+        .head_object()
+        .bucket(&ctx.bucket)
+        .key(key)
+        .send()
+        .await;
     ctx.metrics.aws_call("s3", "HeadObject", started, &result);
     result.is_ok()
 }
@@ -246,7 +275,10 @@ async fn store_image(
         .metadata("job-id", job.id.to_string())
         .metadata("width", rendered.width.to_string())
         .metadata("height", rendered.height.to_string())
-        .metadata("device-scale-factor", options.device_scale_factor.to_string())
+        .metadata(
+            "device-scale-factor",
+            options.device_scale_factor.to_string(),
+        )
         .metadata("full-page", options.full_page.to_string())
         .metadata("truncated", rendered.truncated.to_string())
         .metadata("render-ms", render_time.as_millis().to_string());
@@ -254,10 +286,7 @@ async fn store_image(
         request = request.metadata("http-status", status.to_string());
     }
     let started = std::time::Instant::now();
-    let result = request
-        .body(ByteStream::from(rendered.bytes))
-        .send()
-        .await;
+    let result = request.body(ByteStream::from(rendered.bytes)).send().await;
     ctx.metrics.aws_call("s3", "PutObject", started, &result);
     result
         .map(|_| ())
@@ -307,7 +336,10 @@ mod tests {
     #[test]
     fn salvages_what_it_can_from_broken_bodies() {
         let mid = "0b7e5e1c-8a47-4f7e-a0f6-6c1b8a4f3a20";
-        let (id, url) = salvage(r#"{"id":"6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11","url":"x","version":9}"#, mid);
+        let (id, url) = salvage(
+            r#"{"id":"6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11","url":"x","version":9}"#,
+            mid,
+        );
         assert_eq!(id.to_string(), "6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11");
         assert_eq!(url.as_deref(), Some("x"));
         let (id, url) = salvage("not json", mid);

@@ -111,7 +111,9 @@ impl Receiver {
                         let Some(permit) = permits.pop() else {
                             // SQS returned more than asked; never happens,
                             // but a job without a slot must not start.
-                            tracing::error!("more messages than slots; leaving the rest to reappear");
+                            tracing::error!(
+                                "more messages than slots; leaving the rest to reappear"
+                            );
                             break;
                         };
                         let ctx = self.ctx.clone();

@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
-use chromiumoxide::cdp::browser_protocol::network::{EventResponseReceived, ResourceType};
+use chromiumoxide::cdp::browser_protocol::network::{
+    EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
+    RequestId, ResourceType,
+};
 use chromiumoxide::cdp::browser_protocol::page::{
-    CaptureScreenshotFormat, CaptureScreenshotParams, EventLifecycleEvent, GetLayoutMetricsParams,
-    NavigateParams, Viewport,
+    CaptureScreenshotFormat, CaptureScreenshotParams, GetLayoutMetricsParams, NavigateParams,
+    Viewport,
 };
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::page::Page;
@@ -140,15 +143,8 @@ pub async fn render(
         page.event_listener::<EventResponseReceived>(),
     )
     .await?;
-    let mut lifecycle = match options.wait_for {
-        WaitFor::NetworkIdle => Some(
-            cdp(
-                "listen Page.lifecycleEvent",
-                cdp_timeout,
-                page.event_listener::<EventLifecycleEvent>(),
-            )
-            .await?,
-        ),
+    let mut network = match options.wait_for {
+        WaitFor::NetworkIdle => Some(network_events(page, cdp_timeout).await?),
         _ => None,
     };
 
@@ -172,24 +168,22 @@ pub async fn render(
         }
     }
     drop(responses);
-    if options.fail_on_http_error && let Some(code) = status.filter(|s| *s >= 400) {
+    if options.fail_on_http_error
+        && let Some(code) = status.filter(|s| *s >= 400)
+    {
         return Err(RenderError::HttpStatus(code));
     }
 
     match &options.wait_for {
         WaitFor::Load => {}
         WaitFor::NetworkIdle => {
-            if let Some(events) = lifecycle.as_mut() {
-                while let Some(event) = events.next().await {
-                    if event.name == "networkIdle" && Some(&event.loader_id) == loader.as_ref() {
-                        break;
-                    }
-                }
+            if let Some(events) = network.as_mut() {
+                wait_for_network_idle(events).await;
             }
         }
         WaitFor::Selector(selector) => wait_for_selector(page, selector).await?,
     }
-    drop(lifecycle);
+    drop(network);
     if options.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(options.delay_ms.into())).await;
     }
@@ -198,6 +192,84 @@ pub async fn render(
         r.status = status;
         r
     })
+}
+
+/// How long no request may be in flight for the network to count as idle.
+const NETWORK_QUIET: Duration = Duration::from_millis(500);
+
+enum NetworkEvent {
+    Started(RequestId),
+    Ended(RequestId),
+}
+
+type NetworkStream = futures::stream::BoxStream<'static, NetworkEvent>;
+
+/// Requests starting and ending on `page`, from now on.
+async fn network_events(page: &Page, cdp_timeout: Duration) -> Result<NetworkStream, RenderError> {
+    let sent = cdp(
+        "listen Network.requestWillBeSent",
+        cdp_timeout,
+        page.event_listener::<EventRequestWillBeSent>(),
+    )
+    .await?
+    .map(|e| NetworkEvent::Started(e.request_id.clone()));
+    let finished = cdp(
+        "listen Network.loadingFinished",
+        cdp_timeout,
+        page.event_listener::<EventLoadingFinished>(),
+    )
+    .await?
+    .map(|e| NetworkEvent::Ended(e.request_id.clone()));
+    let failed = cdp(
+        "listen Network.loadingFailed",
+        cdp_timeout,
+        page.event_listener::<EventLoadingFailed>(),
+    )
+    .await?
+    .map(|e| NetworkEvent::Ended(e.request_id.clone()));
+    Ok(futures::stream::select(sent, futures::stream::select(finished, failed)).boxed())
+}
+
+/// Resolve once no request has been in flight for [`NETWORK_QUIET`]. A
+/// request counts until its body is fully loaded (a response whose body the
+/// page never reads keeps the network busy, as in Chromium's own notion).
+/// Requests are counted here rather than relying on Chromium's
+/// `networkIdle` lifecycle event, which headless mode does not always send.
+async fn wait_for_network_idle(events: &mut NetworkStream) {
+    let mut in_flight = std::collections::HashSet::new();
+    loop {
+        let quiet = tokio::time::sleep(NETWORK_QUIET);
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    match event {
+                        Some(NetworkEvent::Started(id)) => { in_flight.insert(id); }
+                        Some(NetworkEvent::Ended(id)) => { in_flight.remove(&id); }
+                        // The page is gone; nothing more will load.
+                        None => return,
+                    }
+                    if !in_flight.is_empty() {
+                        break;
+                    }
+                    quiet.as_mut().reset(tokio::time::Instant::now() + NETWORK_QUIET);
+                }
+                _ = &mut quiet, if in_flight.is_empty() => return,
+            }
+        }
+        // Something is loading: wait until it all ends, then be quiet again.
+        while !in_flight.is_empty() {
+            match events.next().await {
+                Some(NetworkEvent::Started(id)) => {
+                    in_flight.insert(id);
+                }
+                Some(NetworkEvent::Ended(id)) => {
+                    in_flight.remove(&id);
+                }
+                None => return,
+            }
+        }
+    }
 }
 
 fn navigation_error(text: String) -> RenderError {
@@ -287,10 +359,14 @@ async fn capture(
     };
     // Encoding a large image takes a while; give the capture more than a
     // plain call.
-    let data = cdp("Page.captureScreenshot", cdp_timeout * 3, page.execute(params))
-        .await?
-        .result
-        .data;
+    let data = cdp(
+        "Page.captureScreenshot",
+        cdp_timeout * 3,
+        page.execute(params),
+    )
+    .await?
+    .result
+    .data;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(AsRef::<[u8]>::as_ref(&data))
         .map_err(|e| RenderError::Cdp("Page.captureScreenshot", format!("bad image data: {e}")))?;

@@ -19,7 +19,10 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -29,10 +32,20 @@ async fn health_and_metrics_are_served() {
     let worker = start_worker(&aws, &[]).await;
     let (status, body) = http_get(worker.ops, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
-    let (status, body) = http_get(worker.ops, "/metrics").await;
-    assert_eq!(status, 200);
+    // The first receive (a 1 s long poll) is counted once it returns.
+    let body = wait_for(
+        "a receive in the metrics",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http_get(worker.ops, "/metrics").await;
+            assert_eq!(status, 200);
+            body.contains("operation=\"ReceiveMessage\"")
+                .then_some(body)
+        },
+    )
+    .await;
     assert!(body.contains("url2png_worker_aws_requests_total"), "{body}");
-    assert!(body.contains("operation=\"ReceiveMessage\""), "{body}");
+    assert!(body.contains("url2png_worker_jobs_in_flight 0"), "{body}");
     worker.stop().await;
 }
 
@@ -49,8 +62,14 @@ fn chromium_of(pid: u32) -> usize {
 async fn sigterm_drains_then_hands_back_and_exits_zero() {
     let aws = TestAws::start().await;
     let fixtures = Fixtures::start().await;
-    fixtures.page("/quick", Page::html("<h1>quick</h1>").delay(Duration::from_secs(1)));
-    fixtures.page("/stuck", Page::html("<h1>stuck</h1>").delay(Duration::from_secs(60)));
+    fixtures.page(
+        "/quick",
+        Page::html("<h1>quick</h1>").delay(Duration::from_secs(1)),
+    );
+    fixtures.page(
+        "/stuck",
+        Page::html("<h1>stuck</h1>").delay(Duration::from_secs(60)),
+    );
     let grace = 4;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-worker"))
         .env("AWS_ENDPOINT_URL", aws.moto.endpoint())
@@ -59,7 +78,10 @@ async fn sigterm_drains_then_hands_back_and_exits_zero() {
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("URL2PNG_QUEUE_URL", &aws.queue.url)
         .env("URL2PNG_BUCKET", &aws.bucket)
-        .env("URL2PNG_WORKER_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "URL2PNG_WORKER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
         .env("URL2PNG_WAIT_TIME_SECONDS", "1")
         .env("URL2PNG_SHUTDOWN_GRACE_SECONDS", grace.to_string())
         .env("URL2PNG_PAGES_PER_BROWSER", "4")
@@ -69,32 +91,63 @@ async fn sigterm_drains_then_hands_back_and_exits_zero() {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    let quick: Vec<_> = (0..2).map(|_| JobMessage::new(fixtures.url("/quick"), RenderOptions::default())).collect();
+    let quick: Vec<_> = (0..2)
+        .map(|_| JobMessage::new(fixtures.url("/quick"), RenderOptions::default()))
+        .collect();
     let stuck: Vec<_> = (0..2)
-        .map(|_| JobMessage::new(fixtures.url("/stuck"), RenderOptions { timeout_ms: 120_000, ..RenderOptions::default() }))
+        .map(|_| {
+            JobMessage::new(
+                fixtures.url("/stuck"),
+                RenderOptions {
+                    timeout_ms: 120_000,
+                    ..RenderOptions::default()
+                },
+            )
+        })
         .collect();
     send_jobs(&aws, &[quick.clone(), stuck.clone()].concat()).await;
-    assert!(fixtures.wait_for_hits("/quick", 2, Duration::from_secs(60)).await);
-    assert!(fixtures.wait_for_hits("/stuck", 2, Duration::from_secs(60)).await);
+    assert!(
+        fixtures
+            .wait_for_hits("/quick", 2, Duration::from_secs(60))
+            .await
+    );
+    assert!(
+        fixtures
+            .wait_for_hits("/stuck", 2, Duration::from_secs(60))
+            .await
+    );
     assert!(chromium_of(pid) > 0, "the worker runs Chromium");
 
     let sent = tokio::time::Instant::now();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(grace + 20), child.wait())
         .await
         .expect("the worker exits after its grace period")
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(sent.elapsed() >= Duration::from_secs(grace), "the stuck jobs had their grace period");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(grace),
+        "the stuck jobs had their grace period"
+    );
 
     // The quick jobs finished during the drain; the stuck ones are visible
     // again at once for another worker.
     let layout = KeyLayout::default();
     let stored = keys(&aws).await;
     for job in &quick {
-        assert!(stored.contains(&layout.image(job.id, ImageFormat::Png)), "{stored:?}");
+        assert!(
+            stored.contains(&layout.image(job.id, ImageFormat::Png)),
+            "{stored:?}"
+        );
     }
-    assert_eq!(queue_counts(&aws, &aws.queue.url).await, (2, 0), "stuck jobs handed back, quick ones deleted");
+    assert_eq!(
+        queue_counts(&aws, &aws.queue.url).await,
+        (2, 0),
+        "stuck jobs handed back, quick ones deleted"
+    );
     assert_eq!(chromium_of(pid), 0, "no Chromium outlives the worker");
 }

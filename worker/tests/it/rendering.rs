@@ -13,8 +13,25 @@ use crate::support::*;
 async fn fifty_jobs_with_concurrency_eight() {
     let aws = TestAws::start().await;
     let fixtures = Fixtures::start().await;
-    let worker = start_worker(&aws, &["--browsers", "2", "--pages-per-browser", "4", "--concurrency", "8"]).await;
-    let sizes = [(320u32, 240u32, 1.0f64), (800, 600, 1.0), (400, 300, 2.0), (1280, 720, 1.0), (200, 500, 1.5)];
+    let worker = start_worker(
+        &aws,
+        &[
+            "--browsers",
+            "2",
+            "--pages-per-browser",
+            "4",
+            "--concurrency",
+            "8",
+        ],
+    )
+    .await;
+    let sizes = [
+        (320u32, 240u32, 1.0f64),
+        (800, 600, 1.0),
+        (400, 300, 2.0),
+        (1280, 720, 1.0),
+        (200, 500, 1.5),
+    ];
     let jobs: Vec<JobMessage> = (0..50)
         .map(|i| {
             let (width, height, device_scale_factor) = sizes[i % sizes.len()];
@@ -38,7 +55,10 @@ async fn fifty_jobs_with_concurrency_eight() {
     .await;
     let stored = keys(&aws).await;
     assert_eq!(stored.len(), 50, "{stored:?}");
-    assert!(stored.iter().all(|k| k.ends_with(".png")), "no failure records: {stored:?}");
+    assert!(
+        stored.iter().all(|k| k.ends_with(".png")),
+        "no failure records: {stored:?}"
+    );
     for job in &jobs {
         let bytes = get(&aws, &layout.image(job.id, ImageFormat::Png)).await;
         let o = &job.options;
@@ -54,7 +74,11 @@ async fn fifty_jobs_with_concurrency_eight() {
     .await;
     assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
     for i in 0..50 {
-        assert_eq!(fixtures.hits_on(&format!("/page/{i}")), 1, "page {i} rendered once");
+        assert_eq!(
+            fixtures.hits_on(&format!("/page/{i}")),
+            1,
+            "page {i} rendered once"
+        );
     }
     assert_eq!(counter(&worker.metrics.jobs, &["stored"]), 50);
     worker.stop().await;
@@ -94,7 +118,9 @@ async fn every_render_option_is_honoured() {
     fixtures.page("/delay", colour_page("setTimeout(go, 500);"));
     fixtures.page(
         "/idle",
-        colour_page("setTimeout(() => fetch('/slow-xhr?delay_ms=800').then(go), 100);"),
+        colour_page(
+            "setTimeout(() => fetch('/slow-xhr?delay_ms=800').then(r => r.text()).then(go), 100);",
+        ),
     );
     fixtures.page("/missing", Page::html("<h1>not here</h1>").status(404));
 
@@ -119,26 +145,83 @@ async fn every_render_option_is_honoured() {
             ..RenderOptions::default()
         },
     );
-    let jpeg = job("/plain", RenderOptions { format: ImageFormat::Jpeg, quality: Some(50), ..RenderOptions::default() });
-    let webp = job("/plain", RenderOptions { format: ImageFormat::Webp, ..RenderOptions::default() });
+    let jpeg = job(
+        "/plain",
+        RenderOptions {
+            format: ImageFormat::Jpeg,
+            quality: Some(50),
+            ..RenderOptions::default()
+        },
+    );
+    let webp = job(
+        "/plain",
+        RenderOptions {
+            format: ImageFormat::Webp,
+            ..RenderOptions::default()
+        },
+    );
     let selector = job(
         "/selector",
-        RenderOptions { wait_for: WaitFor::Selector("#late".into()), width: 100, height: 100, ..RenderOptions::default() },
+        RenderOptions {
+            wait_for: WaitFor::Selector("#late".into()),
+            width: 100,
+            height: 100,
+            ..RenderOptions::default()
+        },
     );
-    let no_wait = job("/selector", RenderOptions { width: 100, height: 100, ..RenderOptions::default() });
-    let delay = job("/delay", RenderOptions { delay_ms: 1500, width: 100, height: 100, ..RenderOptions::default() });
+    let no_wait = job(
+        "/selector",
+        RenderOptions {
+            width: 100,
+            height: 100,
+            ..RenderOptions::default()
+        },
+    );
+    let delay = job(
+        "/delay",
+        RenderOptions {
+            delay_ms: 1500,
+            width: 100,
+            height: 100,
+            ..RenderOptions::default()
+        },
+    );
     let idle = job(
         "/idle",
-        RenderOptions { wait_for: WaitFor::NetworkIdle, width: 100, height: 100, ..RenderOptions::default() },
+        RenderOptions {
+            wait_for: WaitFor::NetworkIdle,
+            width: 100,
+            height: 100,
+            ..RenderOptions::default()
+        },
     );
-    let http_fail = job("/missing", RenderOptions { fail_on_http_error: true, ..RenderOptions::default() });
+    let http_fail = job(
+        "/missing",
+        RenderOptions {
+            fail_on_http_error: true,
+            ..RenderOptions::default()
+        },
+    );
     let http_capture = job("/missing", RenderOptions::default());
     let bad_selector = job(
         "/plain",
-        RenderOptions { wait_for: WaitFor::Selector("div[".into()), ..RenderOptions::default() },
+        RenderOptions {
+            wait_for: WaitFor::Selector("div[".into()),
+            ..RenderOptions::default()
+        },
     );
     let all = [
-        &full, &clipped, &jpeg, &webp, &selector, &no_wait, &delay, &idle, &http_fail, &http_capture, &bad_selector,
+        &idle,
+        &full,
+        &clipped,
+        &jpeg,
+        &webp,
+        &selector,
+        &no_wait,
+        &delay,
+        &http_fail,
+        &http_capture,
+        &bad_selector,
     ];
     send_jobs(&aws, &all.iter().map(|j| (*j).clone()).collect::<Vec<_>>()).await;
     wait_for("every job finished", Duration::from_secs(120), || async {
@@ -148,30 +231,94 @@ async fn every_render_option_is_honoured() {
 
     let layout = KeyLayout::default();
     let image = |j: &JobMessage| layout.image(j.id, j.options.format);
-    assert_eq!(png_size(&get(&aws, &image(&full)).await), (1000, 6000), "full page keeps scale 2");
-    assert_eq!(png_size(&get(&aws, &image(&clipped)).await), (300, 1000), "clipped at the cap");
-    let head = aws.clients.s3.head_object().bucket(&aws.bucket).key(image(&clipped)).send().await.unwrap();
-    assert_eq!(head.metadata().unwrap().get("truncated").map(String::as_str), Some("true"));
+    assert_eq!(
+        png_size(&get(&aws, &image(&full)).await),
+        (1000, 6000),
+        "full page keeps scale 2"
+    );
+    assert_eq!(
+        png_size(&get(&aws, &image(&clipped)).await),
+        (300, 1000),
+        "clipped at the cap"
+    );
+    let head = aws
+        .clients
+        .s3
+        .head_object()
+        .bucket(&aws.bucket)
+        .key(image(&clipped))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata()
+            .unwrap()
+            .get("truncated")
+            .map(String::as_str),
+        Some("true")
+    );
     assert_eq!(head.content_type(), Some("image/png"));
 
     let jpeg_bytes = get(&aws, &image(&jpeg)).await;
     assert_eq!(&jpeg_bytes[..3], b"\xff\xd8\xff");
-    let head = aws.clients.s3.head_object().bucket(&aws.bucket).key(image(&jpeg)).send().await.unwrap();
+    let head = aws
+        .clients
+        .s3
+        .head_object()
+        .bucket(&aws.bucket)
+        .key(image(&jpeg))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(head.content_type(), Some("image/jpeg"));
     let webp_bytes = get(&aws, &image(&webp)).await;
-    assert_eq!((&webp_bytes[..4], &webp_bytes[8..12]), (&b"RIFF"[..], &b"WEBP"[..]));
+    assert_eq!(
+        (&webp_bytes[..4], &webp_bytes[8..12]),
+        (&b"RIFF"[..], &b"WEBP"[..])
+    );
 
-    assert_eq!(top_left_pixel(&get(&aws, &image(&selector)).await), [255, 0, 0], "waited for the selector");
-    assert_eq!(top_left_pixel(&get(&aws, &image(&no_wait)).await), [255, 255, 255], "load does not wait for the timer");
-    assert_eq!(top_left_pixel(&get(&aws, &image(&delay)).await), [255, 0, 0], "the delay let the timer run");
-    assert_eq!(top_left_pixel(&get(&aws, &image(&idle)).await), [255, 0, 0], "network idle waited for the fetch");
+    assert_eq!(
+        top_left_pixel(&get(&aws, &image(&selector)).await),
+        [255, 0, 0],
+        "waited for the selector"
+    );
+    assert_eq!(
+        top_left_pixel(&get(&aws, &image(&no_wait)).await),
+        [255, 255, 255],
+        "load does not wait for the timer"
+    );
+    assert_eq!(
+        top_left_pixel(&get(&aws, &image(&delay)).await),
+        [255, 0, 0],
+        "the delay let the timer run"
+    );
+    assert_eq!(
+        top_left_pixel(&get(&aws, &image(&idle)).await),
+        [255, 0, 0],
+        "network idle waited for the fetch"
+    );
 
     let record = FailureRecord::from_json(&get(&aws, &layout.failure(http_fail.id)).await).unwrap();
     assert_eq!(record.reason, FailureReason::HttpError);
     assert!(record.message.contains("404"), "{}", record.message);
-    let head = aws.clients.s3.head_object().bucket(&aws.bucket).key(image(&http_capture)).send().await.unwrap();
-    assert_eq!(head.metadata().unwrap().get("http-status").map(String::as_str), Some("404"));
-    let record = FailureRecord::from_json(&get(&aws, &layout.failure(bad_selector.id)).await).unwrap();
+    let head = aws
+        .clients
+        .s3
+        .head_object()
+        .bucket(&aws.bucket)
+        .key(image(&http_capture))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata()
+            .unwrap()
+            .get("http-status")
+            .map(String::as_str),
+        Some("404")
+    );
+    let record =
+        FailureRecord::from_json(&get(&aws, &layout.failure(bad_selector.id)).await).unwrap();
     assert_eq!(record.reason, FailureReason::InvalidMessage);
     assert!(record.message.contains("selector"), "{}", record.message);
 

@@ -11,15 +11,35 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_keeps_a_slow_page_invisible_until_it_is_stored() {
     // Visibility 4 s; the page takes 12 s, three times as long.
-    let aws = TestAws::start_with(TestAwsOptions { max_receive_count: 5, visibility_timeout_secs: 4 }).await;
+    let aws = TestAws::start_with(TestAwsOptions {
+        max_receive_count: 5,
+        visibility_timeout_secs: 4,
+    })
+    .await;
     let fixtures = Fixtures::start().await;
-    fixtures.page("/slow", Page::html("<h1>slow</h1>").delay(Duration::from_secs(12)));
+    fixtures.page(
+        "/slow",
+        Page::html("<h1>slow</h1>").delay(Duration::from_secs(12)),
+    );
     let worker = start_worker(
         &aws,
-        &["--visibility-timeout-seconds", "4", "--heartbeat-seconds", "1", "--pages-per-browser", "2"],
+        &[
+            "--visibility-timeout-seconds",
+            "4",
+            "--heartbeat-seconds",
+            "1",
+            "--pages-per-browser",
+            "2",
+        ],
     )
     .await;
-    let job = JobMessage::new(fixtures.url("/slow"), RenderOptions { timeout_ms: 60_000, ..RenderOptions::default() });
+    let job = JobMessage::new(
+        fixtures.url("/slow"),
+        RenderOptions {
+            timeout_ms: 60_000,
+            ..RenderOptions::default()
+        },
+    );
     send_jobs(&aws, std::slice::from_ref(&job)).await;
 
     let key = KeyLayout::default().image(job.id, ImageFormat::Png);
@@ -31,8 +51,15 @@ async fn heartbeat_keeps_a_slow_page_invisible_until_it_is_stored() {
         (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
     })
     .await;
-    assert_eq!(fixtures.hits_on("/slow"), 1, "rendered once: never redelivered");
-    assert!(worker.metrics.visibility_extensions.get() >= 2, "the heartbeat extended it");
+    assert_eq!(
+        fixtures.hits_on("/slow"),
+        1,
+        "rendered once: never redelivered"
+    );
+    assert!(
+        worker.metrics.visibility_extensions.get() >= 2,
+        "the heartbeat extended it"
+    );
     assert_eq!(counter(&worker.metrics.jobs, &["stored"]), 1);
     assert_eq!(counter(&worker.metrics.jobs, &["retried"]), 0);
     assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
@@ -43,15 +70,30 @@ async fn heartbeat_keeps_a_slow_page_invisible_until_it_is_stored() {
 async fn a_browser_killed_mid_render_is_replaced_and_the_job_retried() {
     let aws = TestAws::start().await;
     let fixtures = Fixtures::start().await;
-    fixtures.page("/held", Page::html("<h1>held</h1>").delay(Duration::from_secs(3)));
-    let worker = start_worker(&aws, &["--retry-base-seconds", "1", "--retry-max-seconds", "2"]).await;
+    fixtures.page(
+        "/held",
+        Page::html("<h1>held</h1>").delay(Duration::from_secs(3)),
+    );
+    let worker = start_worker(
+        &aws,
+        &["--retry-base-seconds", "1", "--retry-max-seconds", "2"],
+    )
+    .await;
     let job = JobMessage::new(fixtures.url("/held"), RenderOptions::default());
     send_jobs(&aws, std::slice::from_ref(&job)).await;
 
-    assert!(fixtures.wait_for_hits("/held", 1, Duration::from_secs(30)).await, "render started");
+    assert!(
+        fixtures
+            .wait_for_hits("/held", 1, Duration::from_secs(30))
+            .await,
+        "render started"
+    );
     let pids = worker.pool.browser_pids().await;
     assert_eq!(pids.len(), 1);
-    let status = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 
     let key = KeyLayout::default().image(job.id, ImageFormat::Png);
@@ -61,7 +103,10 @@ async fn a_browser_killed_mid_render_is_replaced_and_the_job_retried() {
     .await;
     assert!(counter(&worker.metrics.browser_restarts, &["crash"]) >= 1);
     assert!(counter(&worker.metrics.jobs, &["retried"]) >= 1);
-    assert!(fixtures.hits_on("/held") >= 2, "rendered again after the crash");
+    assert!(
+        fixtures.hits_on("/held") >= 2,
+        "rendered again after the crash"
+    );
     let new_pids = worker.pool.browser_pids().await;
     assert_eq!(new_pids.len(), 1);
     assert_ne!(new_pids, pids, "a new browser process");
@@ -103,7 +148,10 @@ fn poison_bodies() -> Vec<String> {
     .map(|b| b.replace("ID", id))
     .collect();
     bodies.push("[".repeat(10_000));
-    bodies.push(format!("{{\"version\":1,\"id\":{id},\"url\":\"http://x/{}\"}}", "a".repeat(9000)));
+    bodies.push(format!(
+        "{{\"version\":1,\"id\":{id},\"url\":\"http://x/{}\"}}",
+        "a".repeat(9000)
+    ));
     bodies.push("\u{0}\u{1}\u{2}binary\u{7f}".into());
     bodies
 }
@@ -119,18 +167,27 @@ async fn poison_bodies_get_failure_records_and_the_worker_keeps_serving() {
     send_jobs(&aws, std::slice::from_ref(&good)).await;
 
     let image = KeyLayout::default().image(good.id, ImageFormat::Png);
-    wait_for("every poison body handled and the good job stored", Duration::from_secs(60), || async {
-        let keys = keys(&aws).await;
-        (keys.contains(&image) && counter(&worker.metrics.jobs, &["failed"]) == bodies.len() as u64)
-            .then_some(())
-    })
+    wait_for(
+        "every poison body handled and the good job stored",
+        Duration::from_secs(60),
+        || async {
+            let keys = keys(&aws).await;
+            (keys.contains(&image)
+                && counter(&worker.metrics.jobs, &["failed"]) == bodies.len() as u64)
+                .then_some(())
+        },
+    )
     .await;
     wait_for("queue drained", Duration::from_secs(30), || async {
         (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
     })
     .await;
     // Bodies that share a salvaged id share a record; every other one has its own.
-    let records: Vec<String> = keys(&aws).await.into_iter().filter(|k| k.ends_with(".error.json")).collect();
+    let records: Vec<String> = keys(&aws)
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".error.json"))
+        .collect();
     assert!(records.len() >= 8, "{records:?}");
     let mut reasons = std::collections::HashSet::new();
     for key in &records {
@@ -139,7 +196,10 @@ async fn poison_bodies_get_failure_records_and_the_worker_keeps_serving() {
         reasons.insert(record.reason);
     }
     assert!(reasons.contains(&FailureReason::InvalidMessage));
-    assert!(reasons.iter().all(|r| matches!(r, FailureReason::InvalidMessage | FailureReason::UnsupportedVersion)));
+    assert!(reasons.iter().all(|r| matches!(
+        r,
+        FailureReason::InvalidMessage | FailureReason::UnsupportedVersion
+    )));
     assert_eq!(counter(&worker.metrics.jobs, &["stored"]), 1);
     assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
     worker.stop().await;

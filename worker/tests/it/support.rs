@@ -137,7 +137,11 @@ pub async fn keys(aws: &TestAws) -> Vec<String> {
             .send()
             .await
             .unwrap();
-        keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
         match out.next_continuation_token() {
             Some(t) => token = Some(t.to_owned()),
             None => return keys,
@@ -185,7 +189,10 @@ pub async fn queue_counts(aws: &TestAws, url: &str) -> (u64, u64) {
 
 /// Width and height from a PNG's IHDR chunk.
 pub fn png_size(bytes: &[u8]) -> (u32, u32) {
-    assert!(bytes.len() > 24 && &bytes[..8] == b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert!(
+        bytes.len() > 24 && &bytes[..8] == b"\x89PNG\r\n\x1a\n",
+        "not a PNG"
+    );
     assert_eq!(&bytes[12..16], b"IHDR");
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&bytes[16..20]), be(&bytes[20..24]))
