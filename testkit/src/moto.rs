@@ -122,6 +122,12 @@ impl Moto {
         &self.endpoint
     }
 
+    /// The server's request log (werkzeug's access log), when this process
+    /// started the server.
+    pub fn log_path(&self) -> Option<&std::path::Path> {
+        self.log.as_deref()
+    }
+
     /// Client options for this emulator.
     pub fn aws_options(&self) -> AwsOptions {
         AwsOptions::emulator(&self.endpoint)

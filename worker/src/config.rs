@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_PAGES_PER_BROWSER", default_value_t = 4)]
     pub pages_per_browser: usize,
 
+    /// Pages each browser keeps open ahead of need, each in a fresh
+    /// context, so that a job does not wait for its page to be set up.
+    #[arg(long, env = "URL2PNG_SPARE_PAGES", default_value_t = 1)]
+    pub spare_pages: usize,
+
     /// Most messages asked for in one receive (1..=10).
     #[arg(long, env = "URL2PNG_RECEIVE_BATCH_MAX", default_value_t = 10)]
     pub receive_batch_max: usize,
@@ -60,10 +65,10 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_RECEIVE_POLLERS", default_value_t = 2)]
     pub receive_pollers: usize,
 
-    /// After a slot frees, how long to wait for more slots to free before
-    /// receiving, in milliseconds: fewer, fuller receives. Never longer than
-    /// it takes for half the slots (up to a batch) to be free.
-    #[arg(long, env = "URL2PNG_RECEIVE_GATHER_MS", default_value_t = 250)]
+    /// While the queue has a backlog, how long a freed slot may wait for
+    /// more to free before receiving, in milliseconds: fewer, fuller
+    /// receives. Ends early once half the slots (up to a batch) are free.
+    #[arg(long, env = "URL2PNG_RECEIVE_GATHER_MS", default_value_t = 1000)]
     pub receive_gather_ms: u64,
 
     /// Pause after every receive, in milliseconds (0 in production; 1000
@@ -101,7 +106,7 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
 
     /// Longest wait before queued deletes are sent, in milliseconds.
-    #[arg(long, env = "URL2PNG_DELETE_FLUSH_MS", default_value_t = 1000)]
+    #[arg(long, env = "URL2PNG_DELETE_FLUSH_MS", default_value_t = 2000)]
     pub delete_flush_ms: u64,
 
     /// First retry delay after a retryable failure, in seconds; it doubles

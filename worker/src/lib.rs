@@ -84,6 +84,7 @@ impl Worker {
                 browsers: config.browsers,
                 pages_per_browser: config.pages_per_browser,
                 recycle_after: config.recycle_after,
+                spare_pages: config.spare_pages,
                 cdp_timeout: Duration::from_secs(config.cdp_timeout_seconds),
                 navigation_timeout: Duration::from_secs(
                     config.render_timeout_seconds + config.cdp_timeout_seconds,

@@ -13,7 +13,7 @@
 //! `recycle_after` renders a browser is drained: a replacement starts at
 //! once and the old one is closed when its last job ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,9 @@ pub struct PoolConfig {
     pub pages_per_browser: usize,
     /// Close and replace a browser after this many renders.
     pub recycle_after: u64,
+    /// Pages each browser keeps open ahead of need, each in a fresh
+    /// context, so a job does not wait for one to be set up.
+    pub spare_pages: usize,
     /// Budget of every single call into Chromium.
     pub cdp_timeout: Duration,
     /// Longest navigation Chromium's client waits for; the job's own
@@ -97,6 +100,9 @@ struct Slot {
     draining: AtomicBool,
     active: AtomicUsize,
     renders: AtomicU64,
+    /// Pages opened ahead of need, each in its own fresh context.
+    spares: Mutex<VecDeque<(BrowserContextId, Page)>>,
+    refilling: AtomicBool,
     user_data_dir: PathBuf,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -154,6 +160,9 @@ impl Pool {
             let slot = slot?;
             inner.slots.lock().expect("slots").insert(slot.id, slot);
         }
+        for slot in inner.slots.lock().expect("slots").values() {
+            refill(&inner, slot);
+        }
         let supervisor = tokio::spawn(supervise(inner.clone(), rx));
         Ok(Self {
             inner,
@@ -200,7 +209,13 @@ impl Pool {
                     return Err(PoolError::Unavailable(last_error));
                 }
             };
-            match self.open_page(&slot).await {
+            let spare = slot.spares.lock().expect("spares").pop_front();
+            let opened = match spare {
+                Some(ready) => Ok(ready),
+                None => open_page(inner, &slot).await,
+            };
+            refill(inner, &slot);
+            match opened {
                 Ok((context, page)) => {
                     return Ok(Lease {
                         page: Some(page),
@@ -232,48 +247,6 @@ impl Pool {
         Some(slot)
     }
 
-    async fn open_page(&self, slot: &Arc<Slot>) -> Result<(BrowserContextId, Page), String> {
-        let timeout = self.inner.config.cdp_timeout;
-        let browser = slot.browser.read().await;
-        let context = match tokio::time::timeout(
-            timeout,
-            browser.create_browser_context(CreateBrowserContextParams::default()),
-        )
-        .await
-        {
-            Ok(Ok(context)) => context,
-            Ok(Err(e)) => {
-                self.report(slot, RestartReason::Crash);
-                return Err(format!("creating a browser context: {e}"));
-            }
-            Err(_) => {
-                self.report(slot, RestartReason::Hang);
-                return Err(format!("creating a browser context took over {timeout:?}"));
-            }
-        };
-        let params = CreateTargetParams::builder()
-            .url("about:blank")
-            .browser_context_id(context.clone())
-            .build()
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(timeout, browser.new_page(params)).await {
-            Ok(Ok(page)) => Ok((context, page)),
-            failure => {
-                let message = match failure {
-                    Ok(Err(e)) => format!("opening a page: {e}"),
-                    _ => format!("opening a page took over {timeout:?}"),
-                };
-                // The context is of no use without its page.
-                let _ =
-                    tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
-                if !slot.alive.load(Ordering::Acquire) {
-                    self.report(slot, RestartReason::Crash);
-                }
-                Err(message)
-            }
-        }
-    }
-
     /// Tell the pool that a browser seems broken (for example, a render on
     /// it timed out in a CDP call). It is probed and replaced if need be.
     pub fn report_suspect(&self, lease: &Lease) {
@@ -284,10 +257,6 @@ impl Pool {
                 mark_failed(&inner, &slot, RestartReason::Hang);
             }
         });
-    }
-
-    fn report(&self, slot: &Arc<Slot>, reason: RestartReason) {
-        mark_failed(&self.inner, slot, reason);
     }
 
     /// Close every browser and wait for their processes to exit.
@@ -330,6 +299,76 @@ impl Pool {
         }
         pids
     }
+}
+
+async fn open_page(
+    inner: &Arc<Inner>,
+    slot: &Arc<Slot>,
+) -> Result<(BrowserContextId, Page), String> {
+    let timeout = inner.config.cdp_timeout;
+    let browser = slot.browser.read().await;
+    let context = match tokio::time::timeout(
+        timeout,
+        browser.create_browser_context(CreateBrowserContextParams::default()),
+    )
+    .await
+    {
+        Ok(Ok(context)) => context,
+        Ok(Err(e)) => {
+            mark_failed(inner, slot, RestartReason::Crash);
+            return Err(format!("creating a browser context: {e}"));
+        }
+        Err(_) => {
+            mark_failed(inner, slot, RestartReason::Hang);
+            return Err(format!("creating a browser context took over {timeout:?}"));
+        }
+    };
+    let params = CreateTargetParams::builder()
+        .url("about:blank")
+        .browser_context_id(context.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, browser.new_page(params)).await {
+        Ok(Ok(page)) => Ok((context, page)),
+        failure => {
+            let message = match failure {
+                Ok(Err(e)) => format!("opening a page: {e}"),
+                _ => format!("opening a page took over {timeout:?}"),
+            };
+            // The context is of no use without its page.
+            let _ = tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
+            if !slot.alive.load(Ordering::Acquire) {
+                mark_failed(inner, slot, RestartReason::Crash);
+            }
+            Err(message)
+        }
+    }
+}
+
+/// Open spare pages on `slot` in the background until it has its share.
+/// One refill runs per browser at a time.
+fn refill(inner: &Arc<Inner>, slot: &Arc<Slot>) {
+    let target = inner.config.spare_pages;
+    if target == 0 || slot.refilling.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let inner = inner.clone();
+    let slot = slot.clone();
+    tokio::spawn(async move {
+        while slot.usable()
+            && !inner.closing.load(Ordering::Acquire)
+            && slot.spares.lock().expect("spares").len() < target
+        {
+            match open_page(&inner, &slot).await {
+                Ok(ready) => slot.spares.lock().expect("spares").push_back(ready),
+                Err(e) => {
+                    tracing::debug!(browser = slot.id, error = %e, "cannot open a spare page");
+                    break;
+                }
+            }
+        }
+        slot.refilling.store(false, Ordering::Release);
+    });
 }
 
 /// One job's page. Dropping it closes the page and disposes its context.
@@ -468,6 +507,7 @@ async fn replace(inner: &Arc<Inner>) {
     while !inner.closing.load(Ordering::Acquire) {
         match launch(inner).await {
             Ok(slot) => {
+                refill(inner, &slot);
                 inner.slots.lock().expect("slots").insert(slot.id, slot);
                 inner.changed.notify_waiters();
                 return;
@@ -519,6 +559,8 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
         draining: AtomicBool::new(false),
         active: AtomicUsize::new(0),
         renders: AtomicU64::new(0),
+        spares: Mutex::new(VecDeque::new()),
+        refilling: AtomicBool::new(false),
         user_data_dir,
         tasks: Mutex::new(Vec::new()),
     });

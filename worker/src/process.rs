@@ -164,14 +164,16 @@ async fn handle(
         .render_seconds
         .observe(started.elapsed().as_secs_f64());
 
-    match store_image(ctx, &job, &key, rendered, started.elapsed()).await {
+    let render_time = started.elapsed();
+    tracing::debug!(elapsed = ?render_time, "rendered");
+    match store_image(ctx, &job, &key, rendered, render_time).await {
         Ok(()) => {
             if let Some(elapsed) = sent_at.and_then(|t| t.elapsed().ok()) {
                 ctx.metrics
                     .queue_to_stored_seconds
                     .observe(elapsed.as_secs_f64());
             }
-            tracing::info!(key, "image stored");
+            tracing::info!(key, elapsed = ?started.elapsed(), "image stored");
             Outcome::Done("stored")
         }
         Err(e) => Outcome::Retry(format!("storing the image: {e}")),
@@ -184,11 +186,13 @@ enum Failure {
 }
 
 async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
+    let started = Instant::now();
     let lease = ctx
         .pool
         .acquire(ctx.cdp_timeout * 3)
         .await
         .map_err(|e| Failure::Retry(e.to_string()))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "page acquired");
     let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
     let result = tokio::time::timeout(
         budget,

@@ -5,9 +5,10 @@
 //! message is received that cannot start at once, and each message's job
 //! takes its slot with it. Several pollers run, so a slot that frees while
 //! one poller sits in a 20-second long poll is picked up by another; only
-//! one poller gathers slots at a time, and it waits up to the gather window
-//! for more slots to free (up to half the concurrency) so that a busy
-//! worker makes few, full receives.
+//! one poller gathers slots at a time. While the queue has a backlog (the
+//! last receive came back full), it waits up to the gather window for more
+//! slots to free (up to half the concurrency, at most a batch) so that a
+//! busy worker makes few, full receives; otherwise it receives at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,6 +42,8 @@ pub struct ReceiveConfig {
 pub struct ReceiveState {
     running: AtomicUsize,
     failing: AtomicBool,
+    /// The last receive returned all it asked for: the queue has a backlog.
+    backlog: AtomicBool,
 }
 
 impl ReceiveState {
@@ -93,7 +96,17 @@ impl Receiver {
     async fn poll_loop(self: Arc<Self>, shutdown: CancellationToken) {
         self.state.running.fetch_add(1, Ordering::AcqRel);
         let mut failures = 0u32;
+        let mut first = true;
         while let Some(mut permits) = self.gather(&shutdown).await {
+            // A pause between polls (benchmarks of a sleep-between-polls
+            // design): taken once the slots are free, before the receive.
+            if !first && !self.config.poll_pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.poll_pause) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            first = false;
             let received = Instant::now();
             let result = tokio::select! {
                 r = self.receive(permits.len()) => r,
@@ -102,6 +115,9 @@ impl Receiver {
             match result {
                 Ok(messages) => {
                     failures = 0;
+                    self.state
+                        .backlog
+                        .store(messages.len() == permits.len(), Ordering::Release);
                     self.state.succeeded();
                     self.ctx
                         .metrics
@@ -142,12 +158,6 @@ impl Receiver {
                 }
             }
             drop(permits);
-            if !self.config.poll_pause.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.poll_pause) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-            }
         }
         self.state.running.fetch_sub(1, Ordering::AcqRel);
     }
@@ -165,7 +175,14 @@ impl Receiver {
             permit = self.slots.clone().acquire_owned() => permits.push(permit.ok()?),
             _ = shutdown.cancelled() => return None,
         }
-        let target = (self.config.concurrency / 2).clamp(1, self.config.batch_max);
+        // Waiting for slots pays only when the queue has a backlog: then a
+        // fuller receive saves requests and the jobs wait in the queue
+        // anyway. Otherwise receive now, for latency.
+        let target = if self.state.backlog.load(Ordering::Acquire) {
+            (self.config.concurrency / 2).clamp(1, self.config.batch_max)
+        } else {
+            1
+        };
         let deadline = Instant::now() + self.config.gather;
         while permits.len() < target {
             tokio::select! {

@@ -204,3 +204,123 @@ async fn poison_bodies_get_failure_records_and_the_worker_keeps_serving() {
     assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_browser_is_detected_and_replaced() {
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    let worker = start_worker(
+        &aws,
+        &[
+            "--cdp-timeout-seconds",
+            "2",
+            "--retry-base-seconds",
+            "1",
+            "--retry-max-seconds",
+            "2",
+        ],
+    )
+    .await;
+    let pids = worker.pool.browser_pids().await;
+    // A stopped process keeps its socket open but answers nothing.
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pids[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    wait_for("the hang detected", Duration::from_secs(60), || async {
+        (counter(&worker.metrics.browser_restarts, &["hang"]) >= 1).then_some(())
+    })
+    .await;
+    let job = JobMessage::new(fixtures.url("/after-hang"), RenderOptions::default());
+    send_jobs(&aws, std::slice::from_ref(&job)).await;
+    let key = KeyLayout::default().image(job.id, ImageFormat::Png);
+    wait_for(
+        "an image from the new browser",
+        Duration::from_secs(60),
+        || async { keys(&aws).await.contains(&key).then_some(()) },
+    )
+    .await;
+    assert!(!worker.pool.browser_pids().await.contains(&pids[0]));
+    // The stopped process is killed and reaped, not left behind (a zombie
+    // would keep its /proc entry).
+    let proc_entry = format!("/proc/{}", pids[0]);
+    wait_for("the hung browser reaped", Duration::from_secs(30), || async {
+        (!std::path::Path::new(&proc_entry).exists()).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_are_recycled_after_their_render_budget() {
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    let worker = start_worker(&aws, &["--recycle-after", "2", "--pages-per-browser", "1"]).await;
+    let jobs: Vec<_> = (0..6)
+        .map(|i| JobMessage::new(fixtures.url(&format!("/r/{i}")), RenderOptions::default()))
+        .collect();
+    send_jobs(&aws, &jobs).await;
+    wait_for("six images", Duration::from_secs(90), || async {
+        (keys(&aws).await.len() == 6).then_some(())
+    })
+    .await;
+    assert!(counter(&worker.metrics.browser_restarts, &["recycle"]) >= 2);
+    assert_eq!(counter(&worker.metrics.browser_restarts, &["crash"]), 0);
+    assert_eq!(worker.pool.live_browsers(), 1, "old browsers retired");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_of_a_stored_job_is_acknowledged_without_rendering() {
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    let job = JobMessage::new(fixtures.url("/already"), RenderOptions::default());
+    send_jobs(&aws, std::slice::from_ref(&job)).await;
+    // A first delivery that "crashed" after storing: receive, store, release.
+    let first = aws
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&aws.queue.url)
+        .send()
+        .await
+        .unwrap();
+    let handle = first.messages()[0].receipt_handle().unwrap().to_owned();
+    let key = KeyLayout::default().image(job.id, ImageFormat::Png);
+    aws.clients
+        .s3
+        .put_object()
+        .bucket(&aws.bucket)
+        .key(&key)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"stored before",
+        ))
+        .send()
+        .await
+        .unwrap();
+    aws.clients
+        .sqs
+        .change_message_visibility()
+        .queue_url(&aws.queue.url)
+        .receipt_handle(handle)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+
+    let worker = start_worker(&aws, &[]).await;
+    wait_for(
+        "the duplicate acknowledged",
+        Duration::from_secs(30),
+        || async { (counter(&worker.metrics.jobs, &["duplicate"]) == 1).then_some(()) },
+    )
+    .await;
+    wait_for("queue drained", Duration::from_secs(30), || async {
+        (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(fixtures.hits_on("/already"), 0, "not rendered again");
+    assert_eq!(get(&aws, &key).await, b"stored before");
+    worker.stop().await;
+}
