@@ -92,8 +92,9 @@ pub enum FailureReason {
     InvalidMessage,
     /// The message claims a contract version this build does not read.
     UnsupportedVersion,
-    /// The URL policy refused the target address.
-    UrlRefused,
+    /// The URL policy refused the target (scheme, host or the address it
+    /// resolves to).
+    BlockedByPolicy,
     /// The page could not be loaded (DNS, connection, TLS).
     NavigationFailed,
     /// The page answered with an HTTP error status and the job asked to
@@ -116,7 +117,7 @@ impl FailureReason {
         match self {
             Self::InvalidMessage => "invalid_message",
             Self::UnsupportedVersion => "unsupported_version",
-            Self::UrlRefused => "url_refused",
+            Self::BlockedByPolicy => "blocked_by_policy",
             Self::NavigationFailed => "navigation_failed",
             Self::HttpError => "http_error",
             Self::Timeout => "timeout",
@@ -212,7 +213,7 @@ mod tests {
         let record = FailureRecord {
             id: ID,
             url: Some("https://example.com/".into()),
-            reason: FailureReason::UrlRefused,
+            reason: FailureReason::BlockedByPolicy,
             message: "169.254.169.254 is link-local".into(),
             attempts: 3,
             failed_at: time::macros::datetime!(2026-11-25 11:00:00 UTC),
@@ -220,7 +221,7 @@ mod tests {
         let json = record.to_json();
         assert_eq!(FailureRecord::from_json(json.as_bytes()).unwrap(), record);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["reason"], "url_refused");
+        assert_eq!(v["reason"], "blocked_by_policy");
         assert_eq!(v["failed_at"], "2026-11-25T11:00:00Z");
         assert_eq!(v["attempts"], 3);
     }
@@ -230,7 +231,7 @@ mod tests {
         for reason in [
             FailureReason::InvalidMessage,
             FailureReason::UnsupportedVersion,
-            FailureReason::UrlRefused,
+            FailureReason::BlockedByPolicy,
             FailureReason::NavigationFailed,
             FailureReason::HttpError,
             FailureReason::Timeout,

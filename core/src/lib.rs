@@ -6,13 +6,15 @@
 //! - [`telemetry`]: tracing and the Prometheus registry;
 //! - [`shutdown`]: the process-wide cancellation token;
 //! - [`config`]: settings every binary shares;
-//! - [`ops`]: the `/healthz` and `/metrics` endpoint.
+//! - [`ops`]: the `/healthz` and `/metrics` endpoint;
+//! - [`policy`]: which URLs may be loaded and which addresses reached.
 
 pub mod aws;
 pub mod config;
 pub mod job;
 pub mod keys;
 pub mod ops;
+pub mod policy;
 pub mod shutdown;
 pub mod telemetry;
 

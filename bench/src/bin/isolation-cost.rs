@@ -38,7 +38,10 @@ fn busy_ticks() -> anyhow::Result<u64> {
 /// CPU time of this process (the CDP client) so far, in clock ticks.
 fn own_ticks() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     let fields: Vec<u64> = after_name
         .split_whitespace()
         .filter_map(|f| f.parse().ok())
@@ -99,7 +102,9 @@ async fn main() -> anyhow::Result<()> {
     let shot = CaptureScreenshotParams::default;
     let b = &browser;
 
-    println!("| per job ({JOBS} jobs, one at a time) | wall ms | machine CPU ms | of which the client |");
+    println!(
+        "| per job ({JOBS} jobs, one at a time) | wall ms | machine CPU ms | of which the client |"
+    );
     println!("| --- | ---: | ---: | ---: |");
     let warm = browser.new_page("about:blank").await?;
     measure("warm tab: navigate + screenshot", |i| {
@@ -148,23 +153,28 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    measure("new context + page opened at the page's URL by the client, screenshot, close, dispose", |i| {
-        let url = url(i, "direct-page");
-        async move {
-            let ctx = b.create_browser_context(CreateBrowserContextParams::default()).await?;
-            let params = CreateTargetParams::builder()
-                .url(url)
-                .browser_context_id(ctx.clone())
-                .build()
-                .map_err(anyhow::Error::msg)?;
-            let page = b.new_page(params).await?;
-            page.wait_for_navigation().await?;
-            page.execute(shot()).await?;
-            page.close().await?;
-            b.dispose_browser_context(ctx).await?;
-            Ok(())
-        }
-    })
+    measure(
+        "new context + page opened at the page's URL by the client, screenshot, close, dispose",
+        |i| {
+            let url = url(i, "direct-page");
+            async move {
+                let ctx = b
+                    .create_browser_context(CreateBrowserContextParams::default())
+                    .await?;
+                let params = CreateTargetParams::builder()
+                    .url(url)
+                    .browser_context_id(ctx.clone())
+                    .build()
+                    .map_err(anyhow::Error::msg)?;
+                let page = b.new_page(params).await?;
+                page.wait_for_navigation().await?;
+                page.execute(shot()).await?;
+                page.close().await?;
+                b.dispose_browser_context(ctx).await?;
+                Ok(())
+            }
+        },
+    )
     .await?;
     measure("new context only: create, dispose", |_| async move {
         let ctx = b

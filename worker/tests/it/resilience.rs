@@ -245,9 +245,11 @@ async fn a_hung_browser_is_detected_and_replaced() {
     // The stopped process is killed and reaped, not left behind (a zombie
     // would keep its /proc entry).
     let proc_entry = format!("/proc/{}", pids[0]);
-    wait_for("the hung browser reaped", Duration::from_secs(30), || async {
-        (!std::path::Path::new(&proc_entry).exists()).then_some(())
-    })
+    wait_for(
+        "the hung browser reaped",
+        Duration::from_secs(30),
+        || async { (!std::path::Path::new(&proc_entry).exists()).then_some(()) },
+    )
     .await;
     worker.stop().await;
 }
