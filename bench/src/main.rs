@@ -230,6 +230,9 @@ async fn worker_run(
         "127.0.0.1:0",
         "--chromium-path",
         chromium,
+        // The three sites are loopback addresses.
+        "--egress-allow",
+        "127.0.0.0/8",
     ];
     args.extend_from_slice(flags);
     let config = Config::try_parse_from(args)?;

@@ -17,6 +17,32 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
+/// The outbound URL policy's operator rules (see [`crate::policy`]).
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// CIDRs, addresses and host names (`*.example.com` for a domain) that
+    /// may be reached although the built-in rules refuse them, e.g.
+    /// `127.0.0.1/32` for local development. Comma-separated.
+    #[arg(long = "egress-allow", env = "URL2PNG_EGRESS_ALLOW", default_value = "")]
+    pub allow: String,
+
+    /// CIDRs, addresses and host names that may never be reached; they win
+    /// over the allow list. Comma-separated.
+    #[arg(long = "egress-deny", env = "URL2PNG_EGRESS_DENY", default_value = "")]
+    pub deny: String,
+
+    /// The only ports that may be reached (empty: any). Comma-separated.
+    #[arg(long = "egress-ports", env = "URL2PNG_EGRESS_PORTS", default_value = "")]
+    pub ports: String,
+}
+
+impl PolicyArgs {
+    /// The policy these rules make, or what is wrong with them.
+    pub fn policy(&self) -> Result<crate::policy::UrlPolicy, String> {
+        crate::policy::UrlPolicy::new(&self.allow, &self.deny, &self.ports)
+    }
+}
+
 /// Parse a socket address such as `0.0.0.0:9090` or `127.0.0.1:0`.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use url2png_core::config::{CommonArgs, parse_addr};
+use url2png_core::config::{CommonArgs, PolicyArgs, parse_addr};
 use url2png_core::keys::KeyLayout;
 
 use crate::heartbeat::MAX_INVISIBLE;
@@ -21,6 +21,9 @@ use crate::heartbeat::MAX_INVISIBLE;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// URL of the job queue.
     #[arg(long, env = "URL2PNG_QUEUE_URL")]
@@ -160,6 +163,9 @@ impl Config {
             return err("URL2PNG_BUCKET is empty".into());
         }
         KeyLayout::new(self.key_prefix.clone()).map_err(|e| e.to_string())?;
+        self.policy
+            .policy()
+            .map_err(|e| format!("URL2PNG_EGRESS_ALLOW/DENY/PORTS: {e}"))?;
         if self.browsers == 0 || self.pages_per_browser == 0 {
             return err("URL2PNG_BROWSERS and URL2PNG_PAGES_PER_BROWSER must be at least 1".into());
         }

@@ -15,6 +15,7 @@
 pub mod ack;
 pub mod backoff;
 pub mod config;
+pub mod egress;
 pub mod heartbeat;
 pub mod metrics;
 pub mod pool;
@@ -38,6 +39,7 @@ use url2png_core::keys::KeyLayout;
 pub use config::Config;
 
 use crate::ack::Acker;
+use crate::egress::Egress;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig};
@@ -90,6 +92,7 @@ impl Worker {
                     config.render_timeout_seconds + config.cdp_timeout_seconds,
                 ),
                 probe_interval: Duration::from_secs(5),
+                egress: Egress::new(config.policy.policy().map_err(anyhow::Error::msg)?, metrics.clone()),
             },
             metrics.clone(),
         )
@@ -154,6 +157,7 @@ impl Worker {
             bucket: config.bucket.clone(),
             layout: KeyLayout::new(config.key_prefix.clone()).map_err(anyhow::Error::msg)?,
             pool: self.pool.clone(),
+            policy: config.policy.policy().map_err(anyhow::Error::msg)?,
             heartbeat: heartbeat.clone(),
             acker: acker.clone(),
             metrics: self.metrics.clone(),

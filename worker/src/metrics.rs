@@ -24,6 +24,9 @@ pub struct Metrics {
     /// AWS calls by service, operation and result (`ok` or an error code).
     pub aws_requests: IntCounterVec,
     pub aws_request_seconds: HistogramVec,
+    /// Requests through the egress guard, by scope (`job`, `browser`) and
+    /// result (`allowed`, `blocked`, `unreachable`).
+    pub egress_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,8 +95,14 @@ impl Metrics {
                     ]),
                 &["service", "operation"],
             )?,
+            egress_requests: counter_vec(
+                "egress_requests_total",
+                "Requests through the egress guard, by scope and result.",
+                &["scope", "result"],
+            )?,
         };
         registry.register(Box::new(metrics.jobs.clone()))?;
+        registry.register(Box::new(metrics.egress_requests.clone()))?;
         registry.register(Box::new(metrics.render_seconds.clone()))?;
         registry.register(Box::new(metrics.queue_to_stored_seconds.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;

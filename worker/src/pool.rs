@@ -30,6 +30,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::egress::{Blocked, Egress, Proxy, Scope};
 use crate::metrics::Metrics;
 
 /// How the pool launches and manages browsers.
@@ -55,6 +56,8 @@ pub struct PoolConfig {
     pub navigation_timeout: Duration,
     /// How often each browser is asked whether it still answers.
     pub probe_interval: Duration,
+    /// The egress guard every request goes through.
+    pub egress: Egress,
 }
 
 /// Why the pool could not hand out a page.
@@ -101,7 +104,7 @@ struct Slot {
     active: AtomicUsize,
     renders: AtomicU64,
     /// Pages opened ahead of need, each in its own fresh context.
-    spares: Mutex<VecDeque<(BrowserContextId, Page)>>,
+    spares: Mutex<VecDeque<Opened>>,
     refilling: AtomicBool,
     user_data_dir: PathBuf,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -113,8 +116,13 @@ impl Slot {
     }
 }
 
+/// A page in its own context, behind its own proxy.
+type Opened = (BrowserContextId, Page, Proxy);
+
 struct Inner {
     config: PoolConfig,
+    /// The proxy for what browsers fetch outside any job.
+    background_proxy: Proxy,
     metrics: Metrics,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     /// One permit per page the pool may have open.
@@ -145,7 +153,9 @@ impl Pool {
     /// (a wrong path, a missing library): nothing would ever render.
     pub async fn start(config: PoolConfig, metrics: Metrics) -> anyhow::Result<Self> {
         let (events, rx) = mpsc::unbounded_channel();
+        let background_proxy = config.egress.proxy(Scope::Browser).await?;
         let inner = Arc::new(Inner {
+            background_proxy,
             pages: Arc::new(Semaphore::new(config.browsers * config.pages_per_browser)),
             config,
             metrics,
@@ -216,10 +226,11 @@ impl Pool {
             };
             refill(inner, &slot);
             match opened {
-                Ok((context, page)) => {
+                Ok((context, page, proxy)) => {
                     return Ok(Lease {
                         page: Some(page),
                         context: Some(context),
+                        proxy,
                         slot,
                         inner: inner.clone(),
                         _permit: permit,
@@ -301,16 +312,22 @@ impl Pool {
     }
 }
 
-async fn open_page(
-    inner: &Arc<Inner>,
-    slot: &Arc<Slot>,
-) -> Result<(BrowserContextId, Page), String> {
+async fn open_page(inner: &Arc<Inner>, slot: &Arc<Slot>) -> Result<Opened, String> {
     let timeout = inner.config.cdp_timeout;
+    let proxy = inner
+        .config
+        .egress
+        .proxy(Scope::Job)
+        .await
+        .map_err(|e| format!("starting the egress proxy: {e}"))?;
     let browser = slot.browser.read().await;
-    let context = match tokio::time::timeout(
-        timeout,
-        browser.create_browser_context(CreateBrowserContextParams::default()),
-    )
+    // Every request of the context goes through its own proxy; `<-loopback>`
+    // removes Chromium's implicit bypass for loopback addresses.
+    let params = CreateBrowserContextParams::builder()
+        .proxy_server(proxy.url())
+        .proxy_bypass_list("<-loopback>")
+        .build();
+    let context = match tokio::time::timeout(timeout, browser.create_browser_context(params))
     .await
     {
         Ok(Ok(context)) => context,
@@ -329,7 +346,7 @@ async fn open_page(
         .build()
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, browser.new_page(params)).await {
-        Ok(Ok(page)) => Ok((context, page)),
+        Ok(Ok(page)) => Ok((context, page, proxy)),
         failure => {
             let message = match failure {
                 Ok(Err(e)) => format!("opening a page: {e}"),
@@ -375,6 +392,7 @@ fn refill(inner: &Arc<Inner>, slot: &Arc<Slot>) {
 pub struct Lease {
     page: Option<Page>,
     context: Option<BrowserContextId>,
+    proxy: Proxy,
     slot: Arc<Slot>,
     inner: Arc<Inner>,
     _permit: OwnedSemaphorePermit,
@@ -394,6 +412,11 @@ impl Lease {
         self.page
             .as_ref()
             .expect("a lease holds its page until dropped")
+    }
+
+    /// What the egress guard refused for this page so far.
+    pub fn blocked(&self) -> Vec<Blocked> {
+        self.proxy.blocked()
     }
 
     /// Whether the browser behind this page is still alive.
@@ -543,6 +566,9 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
             "--disable-domain-reliability",
             "--no-default-browser-check",
             "--no-pings",
+            // Everything goes through the egress guard, loopback included.
+            &format!("--proxy-server={}", inner.background_proxy.url()),
+            "--proxy-bypass-list=<-loopback>",
         ])
         .args(config.extra_args.iter().map(String::as_str));
     if !config.sandbox {

@@ -38,6 +38,7 @@ pub struct Ctx {
     pub bucket: String,
     pub layout: KeyLayout,
     pub pool: Pool,
+    pub policy: url2png_core::policy::UrlPolicy,
     pub heartbeat: Heartbeat,
     pub acker: Acker,
     pub metrics: Metrics,
@@ -138,6 +139,22 @@ async fn handle(
     tracing::Span::current().record("job_id", tracing::field::display(job.id));
     let key = ctx.layout.image(job.id, job.options.format);
 
+    // The first layer of the URL policy, before any browser is involved.
+    // The egress guard checks again at connect time, on what the name
+    // resolves to then.
+    if let Err(e) = ctx.policy.check_url(&job.url) {
+        tracing::info!(error = %e, "URL refused by policy");
+        return store_failure(
+            ctx,
+            job.id,
+            Some(job.url.clone()),
+            FailureReason::BlockedByPolicy,
+            e.to_string(),
+            receive_count,
+        )
+        .await;
+    }
+
     if receive_count > 1 && exists(ctx, &key).await {
         tracing::info!("image already stored; acknowledging the redelivery");
         return Outcome::Done("duplicate");
@@ -200,12 +217,36 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
     )
     .await;
     match result {
-        Ok(Ok(rendered)) => Ok(rendered),
+        Ok(Ok(rendered)) => {
+            let blocked = lease.blocked();
+            if !blocked.is_empty() {
+                tracing::info!(
+                    count = blocked.len(),
+                    first = %blocked[0].target,
+                    "sub-resources refused by the egress guard; the page rendered without them"
+                );
+            }
+            Ok(rendered)
+        }
         Err(_) if !lease.browser_alive() => Err(Failure::Retry("the browser died".into())),
         Err(_) => Err(Failure::Retry(format!(
             "the page did not finish within {} ms",
             budget.as_millis()
         ))),
+        // A page whose navigation failed while its proxy refused something
+        // was refused itself (a CONNECT the guard answered 403 surfaces as
+        // a tunnel error).
+        Ok(Err(RenderError::Navigation { text, .. })) if !lease.blocked().is_empty() => {
+            let blocked = lease.blocked();
+            let reasons: Vec<String> = blocked
+                .iter()
+                .map(|b| format!("{}: {}", b.target, b.reason))
+                .collect();
+            Err(Failure::Permanent(
+                FailureReason::BlockedByPolicy,
+                format!("{text}; refused by the egress guard: {}", reasons.join("; ")),
+            ))
+        }
         Ok(Err(e)) => {
             if e.suspects_browser() {
                 ctx.pool.report_suspect(&lease);
@@ -215,6 +256,7 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
             }
             let reason = match e {
                 RenderError::HttpStatus(_) => FailureReason::HttpError,
+                RenderError::Blocked(_) => FailureReason::BlockedByPolicy,
                 RenderError::InvalidSelector(_) => FailureReason::InvalidMessage,
                 RenderError::Navigation { .. } => FailureReason::NavigationFailed,
                 RenderError::CdpTimeout(..) | RenderError::Cdp(..) => FailureReason::RenderFailed,

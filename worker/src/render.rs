@@ -49,6 +49,9 @@ pub enum RenderError {
     /// to fail on that.
     #[error("the page answered HTTP {0}")]
     HttpStatus(u16),
+    /// The egress guard refused the page itself.
+    #[error("blocked by policy: {0}")]
+    Blocked(String),
     /// The wait selector is not valid CSS.
     #[error("invalid selector: {0}")]
     InvalidSelector(String),
@@ -65,7 +68,7 @@ impl RenderError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Navigation { permanent, .. } => !permanent,
-            Self::HttpStatus(_) | Self::InvalidSelector(_) => false,
+            Self::HttpStatus(_) | Self::InvalidSelector(_) | Self::Blocked(_) => false,
             Self::CdpTimeout(..) | Self::Cdp(..) => true,
         }
     }
@@ -162,10 +165,25 @@ pub async fn render(
     // The main document's final response (after redirects) carries the
     // status. Events up to `load` are already queued.
     let mut status = None;
+    let mut blocked = None;
     while let Some(Some(event)) = responses.next().now_or_never() {
         if event.r#type == ResourceType::Document && Some(&event.loader_id) == loader.as_ref() {
             status = u16::try_from(event.response.status).ok();
+            // The egress guard answers a refused document itself.
+            blocked = event
+                .response
+                .headers
+                .inner()
+                .as_object()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(crate::egress::BLOCKED_HEADER))
+                })
+                .map(|(_, v)| v.as_str().unwrap_or_default().to_owned());
         }
+    }
+    if let Some(reason) = blocked {
+        return Err(RenderError::Blocked(reason));
     }
     drop(responses);
     if options.fail_on_http_error

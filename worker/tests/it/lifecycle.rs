@@ -86,6 +86,7 @@ async fn sigterm_drains_then_hands_back_and_exits_zero() {
         .env("URL2PNG_SHUTDOWN_GRACE_SECONDS", grace.to_string())
         .env("URL2PNG_PAGES_PER_BROWSER", "4")
         .env("URL2PNG_LOG_FORMAT", "text")
+        .env("URL2PNG_EGRESS_ALLOW", "127.0.0.1/32")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -28,6 +28,9 @@ pub fn config(aws: &TestAws, extra: &[&str]) -> Config {
         "1".into(),
         "--delete-flush-ms".into(),
         "100".into(),
+        // Fixture pages are on loopback, which the policy refuses by default.
+        "--egress-allow".into(),
+        "127.0.0.1/32".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     Config::try_parse_from(args).expect("test config parses")
