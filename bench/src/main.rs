@@ -139,6 +139,25 @@ async fn main() -> anyhow::Result<()> {
         .max_by(|a, b| runs[*a].rate().total_cmp(&runs[*b].rate()))
         .context("no worker setting ran")?;
     let (browsers, pages) = shapes[best - 1];
+    let (b, p) = (browsers.to_string(), pages.to_string());
+    eprintln!(
+        "worker {browsers}x{pages} without the egress guard: {} jobs",
+        args.jobs
+    );
+    let unguarded = worker_run(
+        &format!("worker {browsers} browsers x {pages} pages, egress guard off"),
+        &urls(args.jobs, "unguarded"),
+        &[
+            "--browsers",
+            &b,
+            "--pages-per-browser",
+            &p,
+            "--egress-guard",
+            "false",
+        ],
+        &args.chromium_path,
+    )
+    .await?;
     let tabs = browsers * pages;
     eprintln!("ceiling: {tabs} warm tabs, {} jobs", args.jobs);
     let ceiling = ceiling_run(
@@ -156,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         "| run | jobs | seconds | jobs/s | SQS requests/job (worker) | SQS requests/job (emulator log) |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for run in runs.iter().chain(std::iter::once(&ceiling)) {
+    for run in runs.iter().chain([&unguarded, &ceiling]) {
         let per_job = |n: u64| format!("{:.3}", n as f64 / run.jobs as f64);
         println!(
             "| {} | {} | {:.1} | {:.2} | {} | {} |",
@@ -180,6 +199,12 @@ async fn main() -> anyhow::Result<()> {
         100.0 * best_run.rate() / ceiling.rate(),
         tabs,
         best_run.sqs_in_log.unwrap_or(best_run.sqs_by_worker) as f64 / best_run.jobs as f64,
+    );
+    println!(
+        "egress guard: {:.1}% of throughput ({:.2} jobs/s with it, {:.2} without)",
+        100.0 * (1.0 - best_run.rate() / unguarded.rate()),
+        best_run.rate(),
+        unguarded.rate(),
     );
     Ok(())
 }

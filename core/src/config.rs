@@ -23,7 +23,11 @@ pub struct PolicyArgs {
     /// CIDRs, addresses and host names (`*.example.com` for a domain) that
     /// may be reached although the built-in rules refuse them, e.g.
     /// `127.0.0.1/32` for local development. Comma-separated.
-    #[arg(long = "egress-allow", env = "URL2PNG_EGRESS_ALLOW", default_value = "")]
+    #[arg(
+        long = "egress-allow",
+        env = "URL2PNG_EGRESS_ALLOW",
+        default_value = ""
+    )]
     pub allow: String,
 
     /// CIDRs, addresses and host names that may never be reached; they win
@@ -32,7 +36,11 @@ pub struct PolicyArgs {
     pub deny: String,
 
     /// The only ports that may be reached (empty: any). Comma-separated.
-    #[arg(long = "egress-ports", env = "URL2PNG_EGRESS_PORTS", default_value = "")]
+    #[arg(
+        long = "egress-ports",
+        env = "URL2PNG_EGRESS_PORTS",
+        default_value = ""
+    )]
     pub ports: String,
 }
 

@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_CHROMIUM_ARGS", default_value = "")]
     pub chromium_args: String,
 
+    /// Send every request Chromium makes through the egress guard (`true`).
+    /// `false` only for measuring the guard's cost: pages could then reach
+    /// private and metadata addresses.
+    #[arg(long, env = "URL2PNG_EGRESS_GUARD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub egress_guard: bool,
+
     /// Chromium's sandbox: `auto` (on unless running as root, where
     /// Chromium cannot use it), `on` or `off`.
     #[arg(long, env = "URL2PNG_CHROMIUM_SANDBOX", default_value = "auto")]

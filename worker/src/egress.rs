@@ -87,7 +87,11 @@ impl Egress {
         let addr = listener.local_addr()?;
         let blocked = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn(accept(listener, self.clone(), scope, blocked.clone()));
-        Ok(Proxy { addr, blocked, task })
+        Ok(Proxy {
+            addr,
+            blocked,
+            task,
+        })
     }
 }
 
@@ -157,12 +161,18 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<(Head, Vec<u8>)> {
             break pos;
         }
         if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
         }
         let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before a request"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before a request",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -171,8 +181,12 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<(Head, Vec<u8>)> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "request head is not UTF-8"))?;
     let mut lines = text.split("\r\n");
     let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
     };
     let headers = lines
         .filter_map(|l| l.split_once(':'))
@@ -219,11 +233,29 @@ async fn handle(
     let (host, port, path) = if connect {
         match split_authority(&head.target, 443) {
             Some((host, port)) => (host, port, None),
-            None => return refuse(&mut client, egress, scope, blocked, &head.target, "malformed CONNECT target").await,
+            None => {
+                return refuse(
+                    &mut client,
+                    egress,
+                    scope,
+                    blocked,
+                    &head.target,
+                    "malformed CONNECT target",
+                )
+                .await;
+            }
         }
     } else {
         let Ok(url) = url::Url::parse(&head.target) else {
-            return refuse(&mut client, egress, scope, blocked, &head.target, "not an absolute URL").await;
+            return refuse(
+                &mut client,
+                egress,
+                scope,
+                blocked,
+                &head.target,
+                "not an absolute URL",
+            )
+            .await;
         };
         if url.scheme() != "http" {
             let reason = format!("scheme `{}` is not allowed through the proxy", url.scheme());
@@ -250,10 +282,16 @@ async fn handle(
     };
     let addrs = match admitted {
         Ok(addrs) => addrs,
-        Err(e) => return refuse(&mut client, egress, scope, blocked, &target, &e.to_string()).await,
+        Err(e) => {
+            return refuse(&mut client, egress, scope, blocked, &target, &e.to_string()).await;
+        }
     };
     let Some(mut upstream) = connect_any(&addrs).await else {
-        egress.metrics.egress_requests.with_label_values(&[scope.as_str(), "unreachable"]).inc();
+        egress
+            .metrics
+            .egress_requests
+            .with_label_values(&[scope.as_str(), "unreachable"])
+            .inc();
         let body = format!("cannot connect to {target}\n");
         let reply = format!(
             "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -261,7 +299,11 @@ async fn handle(
         );
         return client.write_all(reply.as_bytes()).await;
     };
-    egress.metrics.egress_requests.with_label_values(&[scope.as_str(), "allowed"]).inc();
+    egress
+        .metrics
+        .egress_requests
+        .with_label_values(&[scope.as_str(), "allowed"])
+        .inc();
     match path {
         None => {
             client
@@ -301,7 +343,9 @@ async fn admit(policy: &UrlPolicy, host: &str, port: u16) -> Result<Vec<SocketAd
 
 async fn connect_any(addrs: &[SocketAddr]) -> Option<TcpStream> {
     for addr in addrs {
-        if let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+        {
             let _ = stream.set_nodelay(true);
             return Some(stream);
         }
@@ -321,7 +365,11 @@ async fn refuse(
         Scope::Job => tracing::info!(target, reason, "egress refused"),
         Scope::Browser => tracing::debug!(target, reason, "background request refused"),
     }
-    egress.metrics.egress_requests.with_label_values(&[scope.as_str(), "blocked"]).inc();
+    egress
+        .metrics
+        .egress_requests
+        .with_label_values(&[scope.as_str(), "blocked"])
+        .inc();
     blocked.lock().expect("blocked log").push(Blocked {
         target: target.to_owned(),
         reason: reason.to_owned(),
@@ -329,7 +377,13 @@ async fn refuse(
     // Header values must be visible ASCII.
     let header: String = reason
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     let body = format!("blocked by the url2png egress policy: {reason}\n");
     let reply = format!(
@@ -345,9 +399,18 @@ mod tests {
 
     #[test]
     fn authorities_split() {
-        assert_eq!(split_authority("example.com:443", 443), Some(("example.com".into(), 443)));
-        assert_eq!(split_authority("example.com", 80), Some(("example.com".into(), 80)));
-        assert_eq!(split_authority("[::1]:8443", 443), Some(("[::1]".into(), 8443)));
+        assert_eq!(
+            split_authority("example.com:443", 443),
+            Some(("example.com".into(), 443))
+        );
+        assert_eq!(
+            split_authority("example.com", 80),
+            Some(("example.com".into(), 80))
+        );
+        assert_eq!(
+            split_authority("[::1]:8443", 443),
+            Some(("[::1]".into(), 8443))
+        );
         assert_eq!(split_authority("[::1]", 443), Some(("[::1]".into(), 443)));
         assert_eq!(split_authority("[::1]x", 443), None);
         assert_eq!(split_authority("host:notaport", 443), None);

@@ -69,6 +69,9 @@ impl Worker {
     /// Launch the browser pool and bind the operations endpoint.
     pub async fn start(config: Config, clients: Clients) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
+        if !config.egress_guard {
+            tracing::warn!("the egress guard is off: pages may reach any address they resolve to");
+        }
         let registry = url2png_core::telemetry::new_registry();
         let metrics = Metrics::register(&registry)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -92,7 +95,9 @@ impl Worker {
                     config.render_timeout_seconds + config.cdp_timeout_seconds,
                 ),
                 probe_interval: Duration::from_secs(5),
-                egress: Egress::new(config.policy.policy().map_err(anyhow::Error::msg)?, metrics.clone()),
+                egress: config.egress_guard.then(|| {
+                    Egress::new(config.policy.policy().unwrap_or_default(), metrics.clone())
+                }),
             },
             metrics.clone(),
         )

@@ -56,8 +56,10 @@ pub struct PoolConfig {
     pub navigation_timeout: Duration,
     /// How often each browser is asked whether it still answers.
     pub probe_interval: Duration,
-    /// The egress guard every request goes through.
-    pub egress: Egress,
+    /// The egress guard every request goes through; `None` turns the guard
+    /// off (benchmarks of its cost; the URL policy is still checked before
+    /// a job starts).
+    pub egress: Option<Egress>,
 }
 
 /// Why the pool could not hand out a page.
@@ -117,12 +119,12 @@ impl Slot {
 }
 
 /// A page in its own context, behind its own proxy.
-type Opened = (BrowserContextId, Page, Proxy);
+type Opened = (BrowserContextId, Page, Option<Proxy>);
 
 struct Inner {
     config: PoolConfig,
     /// The proxy for what browsers fetch outside any job.
-    background_proxy: Proxy,
+    background_proxy: Option<Proxy>,
     metrics: Metrics,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     /// One permit per page the pool may have open.
@@ -153,7 +155,10 @@ impl Pool {
     /// (a wrong path, a missing library): nothing would ever render.
     pub async fn start(config: PoolConfig, metrics: Metrics) -> anyhow::Result<Self> {
         let (events, rx) = mpsc::unbounded_channel();
-        let background_proxy = config.egress.proxy(Scope::Browser).await?;
+        let background_proxy = match &config.egress {
+            Some(egress) => Some(egress.proxy(Scope::Browser).await?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             background_proxy,
             pages: Arc::new(Semaphore::new(config.browsers * config.pages_per_browser)),
@@ -314,21 +319,26 @@ impl Pool {
 
 async fn open_page(inner: &Arc<Inner>, slot: &Arc<Slot>) -> Result<Opened, String> {
     let timeout = inner.config.cdp_timeout;
-    let proxy = inner
-        .config
-        .egress
-        .proxy(Scope::Job)
-        .await
-        .map_err(|e| format!("starting the egress proxy: {e}"))?;
+    let proxy = match &inner.config.egress {
+        Some(egress) => Some(
+            egress
+                .proxy(Scope::Job)
+                .await
+                .map_err(|e| format!("starting the egress proxy: {e}"))?,
+        ),
+        None => None,
+    };
     let browser = slot.browser.read().await;
     // Every request of the context goes through its own proxy; `<-loopback>`
     // removes Chromium's implicit bypass for loopback addresses.
-    let params = CreateBrowserContextParams::builder()
-        .proxy_server(proxy.url())
-        .proxy_bypass_list("<-loopback>")
-        .build();
-    let context = match tokio::time::timeout(timeout, browser.create_browser_context(params))
-    .await
+    let params = match &proxy {
+        Some(proxy) => CreateBrowserContextParams::builder()
+            .proxy_server(proxy.url())
+            .proxy_bypass_list("<-loopback>")
+            .build(),
+        None => CreateBrowserContextParams::default(),
+    };
+    let context = match tokio::time::timeout(timeout, browser.create_browser_context(params)).await
     {
         Ok(Ok(context)) => context,
         Ok(Err(e)) => {
@@ -392,7 +402,7 @@ fn refill(inner: &Arc<Inner>, slot: &Arc<Slot>) {
 pub struct Lease {
     page: Option<Page>,
     context: Option<BrowserContextId>,
-    proxy: Proxy,
+    proxy: Option<Proxy>,
     slot: Arc<Slot>,
     inner: Arc<Inner>,
     _permit: OwnedSemaphorePermit,
@@ -416,7 +426,7 @@ impl Lease {
 
     /// What the egress guard refused for this page so far.
     pub fn blocked(&self) -> Vec<Blocked> {
-        self.proxy.blocked()
+        self.proxy.as_ref().map(Proxy::blocked).unwrap_or_default()
     }
 
     /// Whether the browser behind this page is still alive.
@@ -557,6 +567,13 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
         .viewport(None)
         .request_timeout(config.navigation_timeout)
         .launch_timeout(Duration::from_secs(30))
+        .args(inner.background_proxy.iter().flat_map(|proxy| {
+            // Everything goes through the egress guard, loopback included.
+            [
+                format!("--proxy-server={}", proxy.url()),
+                "--proxy-bypass-list=<-loopback>".to_owned(),
+            ]
+        }))
         .args([
             "--disable-background-networking",
             "--disable-component-update",
@@ -566,9 +583,12 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
             "--disable-domain-reliability",
             "--no-default-browser-check",
             "--no-pings",
-            // Everything goes through the egress guard, loopback included.
-            &format!("--proxy-server={}", inner.background_proxy.url()),
-            "--proxy-bypass-list=<-loopback>",
+            // Traffic an HTTP proxy does not carry: WebRTC's UDP, QUIC, and
+            // Chromium's own DNS prefetching.
+            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+            "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+            "--disable-quic",
+            "--dns-prefetch-disable",
         ])
         .args(config.extra_args.iter().map(String::as_str));
     if !config.sandbox {

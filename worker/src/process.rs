@@ -244,7 +244,10 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
                 .collect();
             Err(Failure::Permanent(
                 FailureReason::BlockedByPolicy,
-                format!("{text}; refused by the egress guard: {}", reasons.join("; ")),
+                format!(
+                    "{text}; refused by the egress guard: {}",
+                    reasons.join("; ")
+                ),
             ))
         }
         Ok(Err(e)) => {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod egress;
 mod lifecycle;
 mod rendering;
 mod resilience;

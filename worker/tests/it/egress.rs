@@ -1,0 +1,107 @@
+//! The egress guard end to end: a page on an allowed address tries every
+//! way to reach a refused one, and nothing gets through.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use url2png_core::job::{ImageFormat, RenderOptions};
+use url2png_core::{FailureReason, FailureRecord, JobMessage, KeyLayout};
+use url2png_testkit::{Fixtures, Page, TestAws};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_page_does_reaches_a_refused_address() {
+    let aws = TestAws::start().await;
+    // Allowed: 127.0.0.1 (the test's --egress-allow). Refused: 127.0.0.2.
+    let site = Fixtures::start().await;
+    let recorder = Fixtures::start_on(IpAddr::from([127, 0, 0, 2])).await;
+    let port = recorder.addr().port();
+    let at = |path: &str| format!("http://127.0.0.2:{port}{path}");
+    site.page(
+        "/hostile",
+        Page::html(format!(
+            r#"<!doctype html><body>
+            <img src="{img}"><img src="http://localhost:{port}/by-name">
+            <img src="http://[::ffff:127.0.0.2]:{port}/mapped"><img src="http://2130706434:{port}/decimal">
+            <iframe src="{frame}"></iframe>
+            <link rel="stylesheet" href="https://127.0.0.2:{port}/tls.css">
+            <script>
+              fetch("{fetch}").catch(() => {{}});
+              try {{ new WebSocket("ws://127.0.0.2:{port}/ws"); }} catch (e) {{}}
+              navigator.sendBeacon && navigator.sendBeacon("{beacon}", "x");
+              setTimeout(() => {{ location.href = "{nav}"; }}, 300);
+            </script></body>"#,
+            img = at("/img"),
+            frame = at("/frame"),
+            fetch = at("/fetch"),
+            beacon = at("/beacon"),
+            nav = at("/nav"),
+        )),
+    );
+    site.page("/redirect", Page::redirect(at("/redirected")));
+    site.page(
+        "/redirect-by-name",
+        Page::redirect(format!("http://localhost:{port}/by-name-redirect")),
+    );
+
+    let worker = start_worker(&aws, &[]).await;
+    let hostile = JobMessage::new(
+        site.url("/hostile"),
+        RenderOptions {
+            delay_ms: 1500,
+            ..RenderOptions::default()
+        },
+    );
+    let redirect = JobMessage::new(site.url("/redirect"), RenderOptions::default());
+    let redirect_by_name = JobMessage::new(site.url("/redirect-by-name"), RenderOptions::default());
+    let direct = JobMessage::new(at("/direct"), RenderOptions::default());
+    let by_name = JobMessage::new(
+        format!("http://localhost:{port}/"),
+        RenderOptions::default(),
+    );
+    let jobs = [
+        hostile.clone(),
+        redirect.clone(),
+        redirect_by_name.clone(),
+        direct.clone(),
+        by_name.clone(),
+    ];
+    send_jobs(&aws, &jobs).await;
+
+    wait_for("every job finished", Duration::from_secs(90), || async {
+        (keys(&aws).await.len() >= jobs.len()).then_some(())
+    })
+    .await;
+    let layout = KeyLayout::default();
+    let stored = keys(&aws).await;
+    assert!(
+        stored.contains(&layout.image(hostile.id, ImageFormat::Png)),
+        "the hostile page itself is allowed and renders: {stored:?}"
+    );
+    for job in [&redirect, &redirect_by_name, &direct, &by_name] {
+        let record = FailureRecord::from_json(&get(&aws, &layout.failure(job.id)).await)
+            .unwrap_or_else(|e| panic!("{}: no failure record ({e}); stored: {stored:?}", job.url));
+        assert_eq!(
+            record.reason,
+            FailureReason::BlockedByPolicy,
+            "{}: {}",
+            job.url,
+            record.message
+        );
+    }
+    assert!(site.hits_on("/hostile") >= 1);
+    assert_eq!(
+        recorder.hits().len(),
+        0,
+        "the refused address was reached: {:?}",
+        recorder.hits()
+    );
+    let blocked = counter(&worker.metrics.egress_requests, &["job", "blocked"]);
+    assert!(blocked >= 6, "refusals counted: {blocked}");
+    wait_for("queue drained", Duration::from_secs(30), || async {
+        (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
