@@ -25,7 +25,8 @@ pub struct Metrics {
     pub aws_requests: IntCounterVec,
     pub aws_request_seconds: HistogramVec,
     /// Requests through the egress guard, by scope (`job`, `browser`) and
-    /// result (`allowed`, `blocked`, `unreachable`).
+    /// result (`allowed`, `blocked` by the proxy, `blocked_in_browser` by
+    /// the request check inside Chromium, `unreachable`).
     pub egress_requests: IntCounterVec,
 }
 

@@ -29,7 +29,7 @@ use crate::backoff::retry_visibility_secs;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::render::{RenderError, Rendered, render};
+use crate::render::{RenderError, Rendered, RequestGuard, render};
 
 /// What every job needs; shared by all of them.
 #[derive(Debug)]
@@ -38,7 +38,10 @@ pub struct Ctx {
     pub bucket: String,
     pub layout: KeyLayout,
     pub pool: Pool,
-    pub policy: url2png_core::policy::UrlPolicy,
+    pub policy: Arc<url2png_core::policy::UrlPolicy>,
+    /// Whether requests are also checked inside the browser (off with the
+    /// egress guard).
+    pub browser_checks: bool,
     pub heartbeat: Heartbeat,
     pub acker: Acker,
     pub metrics: Metrics,
@@ -210,6 +213,25 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
         .await
         .map_err(|e| Failure::Retry(e.to_string()))?;
     tracing::debug!(elapsed = ?started.elapsed(), "page acquired");
+    let refused_in_browser = ctx
+        .metrics
+        .egress_requests
+        .with_label_values(&["job", "blocked_in_browser"]);
+    let _guard = if ctx.browser_checks {
+        match RequestGuard::start(
+            lease.page(),
+            ctx.policy.clone(),
+            refused_in_browser,
+            ctx.cdp_timeout,
+        )
+        .await
+        {
+            Ok(guard) => Some(guard),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        }
+    } else {
+        None
+    };
     let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
     let result = tokio::time::timeout(
         budget,
@@ -236,6 +258,12 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
         // A page whose navigation failed while its proxy refused something
         // was refused itself (a CONNECT the guard answered 403 surfaces as
         // a tunnel error).
+        Ok(Err(RenderError::Navigation { text, .. })) if text.contains("ERR_BLOCKED_BY_CLIENT") => {
+            Err(Failure::Permanent(
+                FailureReason::BlockedByPolicy,
+                format!("{text}: the page's URL was refused inside the browser"),
+            ))
+        }
         Ok(Err(RenderError::Navigation { text, .. })) if !lease.blocked().is_empty() => {
             let blocked = lease.blocked();
             let reasons: Vec<String> = blocked

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::cdp::browser_protocol::fetch::{self, EventRequestPaused};
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     RequestId, ResourceType,
@@ -25,6 +26,7 @@ use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::page::Page;
 use futures::{FutureExt, StreamExt};
 use url2png_core::job::{ImageFormat, RenderOptions, WaitFor};
+use url2png_core::policy::UrlPolicy;
 
 /// The image and what is known about it.
 #[derive(Debug, Clone)]
@@ -117,6 +119,98 @@ async fn cdp<T, E: std::fmt::Display>(
         Ok(Err(e)) => Err(RenderError::Cdp(name, e.to_string())),
         Err(_) => Err(RenderError::CdpTimeout(name, timeout)),
     }
+}
+
+/// The second layer of the URL policy, inside Chromium: every request the
+/// page's own session makes is paused (CDP `Fetch` domain) and let through
+/// only if its scheme is http(s) or ws(s) and, for an address literal, the
+/// address is allowed. The egress proxy remains the layer that checks what
+/// names resolve to. Dropping the guard stops it.
+pub struct RequestGuard {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RequestGuard {
+    /// Start pausing and checking the requests of `page`.
+    pub async fn start(
+        page: &Page,
+        policy: std::sync::Arc<UrlPolicy>,
+        blocked: prometheus::IntCounter,
+        cdp_timeout: Duration,
+    ) -> Result<Self, RenderError> {
+        let mut paused = cdp(
+            "listen Fetch.requestPaused",
+            cdp_timeout,
+            page.event_listener::<EventRequestPaused>(),
+        )
+        .await?;
+        let enable = fetch::EnableParams::builder()
+            .pattern(fetch::RequestPattern::builder().url_pattern("*").build())
+            .build();
+        cdp("Fetch.enable", cdp_timeout, page.execute(enable)).await?;
+        let page = page.clone();
+        let task = tokio::spawn(async move {
+            while let Some(event) = paused.next().await {
+                let url = &event.request.url;
+                let verdict = check_request(&policy, url);
+                let id = event.request_id.clone();
+                let sent = match verdict {
+                    Ok(()) => page
+                        .execute(fetch::ContinueRequestParams::new(id))
+                        .await
+                        .map(|_| ()),
+                    Err(reason) => {
+                        tracing::info!(url = %truncate(url, 200), reason, "request refused in the browser");
+                        blocked.inc();
+                        page.execute(fetch::FailRequestParams::new(
+                            id,
+                            chromiumoxide::cdp::browser_protocol::network::ErrorReason::BlockedByClient,
+                        ))
+                        .await
+                        .map(|_| ())
+                    }
+                };
+                if sent.is_err() {
+                    // The page is going away.
+                    return;
+                }
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+/// Whether a request may leave the browser, as far as its URL tells.
+fn check_request(policy: &UrlPolicy, url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => policy.check_url(url).map(|_| ()).map_err(|e| e.to_string()),
+        "ws" | "wss" => {
+            let port = parsed.port_or_known_default().unwrap_or(0);
+            let host = parsed.host_str().unwrap_or_default();
+            policy
+                .check_authority(host, port)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        // Inline and in-memory content never leaves the browser.
+        "data" | "blob" | "about" => Ok(()),
+        other => Err(format!("scheme `{other}` is not allowed")),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Render `url` on `page` as `options` say. The caller bounds the whole
@@ -401,6 +495,26 @@ async fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_browser_checks() {
+        let policy = UrlPolicy::new("127.0.0.1/32", "", "").unwrap();
+        assert!(check_request(&policy, "http://127.0.0.1:8080/a").is_ok());
+        assert!(check_request(&policy, "data:image/png;base64,AAAA").is_ok());
+        assert!(check_request(&policy, "ws://127.0.0.1:9/").is_ok());
+        for refused in [
+            "http://127.0.0.2/",
+            "https://169.254.169.254/",
+            "ws://[::1]:80/",
+            "wss://10.0.0.1/",
+            "file:///etc/passwd",
+            "ftp://example.com/",
+            "chrome://version",
+            "http://localhost:80/",
+        ] {
+            assert!(check_request(&policy, refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn classifies_network_errors() {

@@ -97,11 +97,81 @@ async fn nothing_a_page_does_reaches_a_refused_address() {
         "the refused address was reached: {:?}",
         recorder.hits()
     );
-    let blocked = counter(&worker.metrics.egress_requests, &["job", "blocked"]);
+    let blocked = counter(&worker.metrics.egress_requests, &["job", "blocked"])
+        + counter(
+            &worker.metrics.egress_requests,
+            &["job", "blocked_in_browser"],
+        );
     assert!(blocked >= 6, "refusals counted: {blocked}");
     wait_for("queue drained", Duration::from_secs(30), || async {
         (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
     })
     .await;
     worker.stop().await;
+}
+
+/// A raw request to the proxy; returns the status line and the headers.
+async fn through_proxy(proxy: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn the_proxy_alone_refuses_every_form_of_a_refused_address() {
+    use url2png_worker::egress::{Egress, Scope};
+    let policy = url2png_core::policy::UrlPolicy::new("127.0.0.1/32", "", "").unwrap();
+    let egress = Egress::new(policy, url2png_worker::metrics::Metrics::unregistered());
+    let proxy = egress.proxy(Scope::Job).await.unwrap();
+    let allowed = Fixtures::start().await;
+    let recorder = Fixtures::start_on(IpAddr::from([127, 0, 0, 2])).await;
+    let port = recorder.addr().port();
+
+    let ok = through_proxy(
+        &proxy.url(),
+        &format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", allowed.url("/ok")),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(allowed.hits_on("/ok"), 1);
+
+    for request in [
+        format!("GET http://127.0.0.2:{port}/plain HTTP/1.1\r\nHost: 127.0.0.2\r\n\r\n"),
+        format!("GET http://2130706434:{port}/decimal HTTP/1.1\r\n\r\n"),
+        format!("GET http://[::ffff:127.0.0.2]:{port}/mapped HTTP/1.1\r\n\r\n"),
+        format!("GET http://localhost:{port}/name HTTP/1.1\r\n\r\n"),
+        format!("CONNECT 127.0.0.2:{port} HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n"),
+        format!("CONNECT [::ffff:7f00:2]:{port} HTTP/1.1\r\n\r\n"),
+        format!("CONNECT localhost.:{port} HTTP/1.1\r\n\r\n"),
+        "CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n".to_owned(),
+        format!("GET ftp://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n"),
+        "GET /relative HTTP/1.1\r\n\r\n".to_owned(),
+    ] {
+        let reply = through_proxy(&proxy.url(), &request).await;
+        assert!(reply.starts_with("HTTP/1.1 403"), "{request:?} -> {reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("x-url2png-blocked:"),
+            "{reply}"
+        );
+    }
+    assert_eq!(recorder.hits().len(), 0);
+    assert_eq!(proxy.blocked().len(), 10);
+    // A plain request that is allowed is forwarded once, with the proxy's
+    // own headers dropped.
+    let hit = &allowed.hits()[0];
+    assert!(hit.headers.get("proxy-connection").is_none());
 }
