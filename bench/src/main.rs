@@ -334,11 +334,11 @@ async fn ceiling_run(
             .user_data_dir(&dir)
             .viewport(None)
             .args([
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-gpu",
+                "disable-background-networking",
+                "disable-component-update",
+                "disable-sync",
+                "no-first-run",
+                "disable-gpu",
             ])
             .build()
             .map_err(anyhow::Error::msg)?;

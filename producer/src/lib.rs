@@ -1,53 +1,279 @@
-//! The producer library behind `url2png-producer`: it the HTTP front door: accepts screenshot requests, validates them and puts jobs on the SQS queue.
+//! The producer library behind `url2png-producer`: the HTTP front door. It
+//! validates screenshot requests, puts jobs on the SQS queue (coalescing
+//! concurrent requests into batch sends), and reports status from S3.
 //!
-//! [`run`] takes its configuration and a shutdown token as values, so
-//! tests start the real thing on loopback.
+//! - [`api`]: the routes and their errors;
+//! - [`sender`]: coalesced `SendMessageBatch` calls.
+//!
+//! [`Producer::start`] takes its configuration and AWS clients as values,
+//! so tests run the real thing against an emulator on loopback.
+
+pub mod api;
+pub mod sender;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
 use clap::Parser;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
-use url2png_core::config::{CommonArgs, parse_addr};
+use url2png_core::aws::{AwsOptions, Clients};
+use url2png_core::config::{CommonArgs, PolicyArgs, parse_addr};
+use url2png_core::keys::KeyLayout;
+
+use crate::api::AppState;
+use crate::sender::{Sender, SenderMetrics};
 
 /// Every setting, as a flag and an environment variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "url2png-producer", version, about)]
+#[command(
+    name = "url2png-producer",
+    version,
+    about = "Accept screenshot requests and queue them."
+)]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// Address of the operations endpoint (`/healthz`, `/metrics`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// URL of the job queue.
+    #[arg(long, env = "URL2PNG_QUEUE_URL")]
+    pub queue_url: String,
+
+    /// Bucket the worker stores images and failure records in.
+    #[arg(long, env = "URL2PNG_BUCKET")]
+    pub bucket: String,
+
+    /// Prefix of every key in the bucket (the worker's setting).
+    #[arg(long, env = "URL2PNG_KEY_PREFIX", default_value = "")]
+    pub key_prefix: String,
+
+    /// HTTP address.
     #[arg(long, env = "URL2PNG_PRODUCER_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     pub listen: SocketAddr,
+
+    /// Base URL clients reach this API at, for the URLs in responses
+    /// (empty: relative URLs).
+    #[arg(long, env = "URL2PNG_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+
+    /// Most jobs in one SendMessageBatch call (1..=10).
+    #[arg(long, env = "URL2PNG_SEND_BATCH_MAX", default_value_t = 10)]
+    pub send_batch_max: usize,
+
+    /// How long the first job of a batch waits for others, in milliseconds.
+    #[arg(long, env = "URL2PNG_SEND_LINGER_MS", default_value_t = 5)]
+    pub send_linger_ms: u64,
+
+    /// Lifetime of presigned image URLs, in seconds (1..=604800).
+    #[arg(long, env = "URL2PNG_PRESIGN_SECONDS", default_value_t = 900)]
+    pub presign_seconds: u64,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "URL2PNG_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// Retry-After given with 503 and with 404 while pending, in seconds.
+    #[arg(long, env = "URL2PNG_RETRY_AFTER_SECONDS", default_value_t = 2)]
+    pub retry_after_seconds: u64,
 }
 
-/// Run until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = url2png_core::telemetry::new_registry();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz and /metrics");
-    url2png_core::ops::serve(listener, url2png_core::ops::router(registry), shutdown).await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_from_flags() {
-        let config = Config::try_parse_from([
-            "url2png-producer",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
-        .unwrap();
-        assert_eq!(config.listen.port(), 0);
-        assert!(Config::try_parse_from(["url2png-producer", "--listen", "nowhere"]).is_err());
+impl Config {
+    /// Check settings that only make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_url.trim().is_empty() || self.bucket.trim().is_empty() {
+            return Err("URL2PNG_QUEUE_URL and URL2PNG_BUCKET must be set".into());
+        }
+        KeyLayout::new(self.key_prefix.clone()).map_err(|e| e.to_string())?;
+        self.policy
+            .policy()
+            .map_err(|e| format!("URL2PNG_EGRESS_ALLOW/DENY/PORTS: {e}"))?;
+        if !(1..=10).contains(&self.send_batch_max) {
+            return Err(format!(
+                "URL2PNG_SEND_BATCH_MAX={} is outside 1..=10",
+                self.send_batch_max
+            ));
+        }
+        if !(1..=604_800).contains(&self.presign_seconds) {
+            return Err(format!(
+                "URL2PNG_PRESIGN_SECONDS={} is outside 1..=604800",
+                self.presign_seconds
+            ));
+        }
+        if self.body_limit_bytes < 1024 {
+            return Err("URL2PNG_BODY_LIMIT_BYTES must be at least 1024".into());
+        }
+        Ok(())
     }
+}
+
+/// Run with clients from the default AWS chain until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let clients = Clients::load(&AwsOptions::default()).await;
+    Producer::start(config, clients).await?.run(shutdown).await
+}
+
+/// HTTP metrics.
+#[derive(Debug, Clone)]
+struct HttpMetrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+/// A started producer: listener bound, sender running.
+#[derive(Debug)]
+pub struct Producer {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    registry: Registry,
+}
+
+impl Producer {
+    /// Bind the listener and build the routes.
+    pub async fn start(config: Config, clients: Clients) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let registry = url2png_core::telemetry::new_registry();
+        let ns = "url2png_producer";
+        let http = HttpMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests by route and status.")
+                    .namespace(ns),
+                &["route", "status"],
+            )?,
+            seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTP request latency by route.",
+                )
+                .namespace(ns)
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                &["route"],
+            )?,
+        };
+        let sender_metrics = SenderMetrics {
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("send_batch_size", "Entries per SendMessageBatch call.")
+                    .namespace(ns)
+                    .buckets((1..=10).map(f64::from).collect()),
+            )?,
+            sqs_requests: IntCounterVec::new(
+                Opts::new("sqs_requests_total", "SQS calls by operation and result.").namespace(ns),
+                &["operation", "result"],
+            )?,
+        };
+        registry.register(Box::new(http.requests.clone()))?;
+        registry.register(Box::new(http.seconds.clone()))?;
+        registry.register(Box::new(sender_metrics.batch_size.clone()))?;
+        registry.register(Box::new(sender_metrics.sqs_requests.clone()))?;
+
+        let sender = Sender::start(
+            clients.sqs.clone(),
+            config.queue_url.clone(),
+            config.send_batch_max,
+            Duration::from_millis(config.send_linger_ms),
+            sender_metrics,
+        );
+        let state = Arc::new(AppState {
+            sender,
+            s3: clients.s3.clone(),
+            bucket: config.bucket.clone(),
+            layout: KeyLayout::new(config.key_prefix.clone()).map_err(anyhow::Error::msg)?,
+            policy: config.policy.policy().map_err(anyhow::Error::msg)?,
+            presign_lifetime: Duration::from_secs(config.presign_seconds),
+            public_url: config.public_url.clone(),
+            retry_after_secs: config.retry_after_seconds,
+        });
+        let ready = {
+            let sqs = clients.sqs.clone();
+            let queue_url = config.queue_url.clone();
+            move || {
+                let sqs = sqs.clone();
+                let queue_url = queue_url.clone();
+                async move {
+                    let probe = sqs
+                        .get_queue_attributes()
+                        .queue_url(queue_url)
+                        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                        .send();
+                    match tokio::time::timeout(Duration::from_secs(3), probe).await {
+                        Ok(Ok(_)) => (StatusCode::OK, "ready"),
+                        _ => (StatusCode::SERVICE_UNAVAILABLE, "queue unreachable"),
+                    }
+                }
+            }
+        };
+        let api = Router::new()
+            .route("/v1/screenshots", post(api::submit))
+            .route("/v1/screenshots/batch", post(api::submit_batch))
+            .route("/v1/screenshots/{id}", get(api::status))
+            .route("/v1/screenshots/{id}/image", get(api::image))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                config.body_limit_bytes,
+            ))
+            .with_state(state)
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
+            .layer(middleware::from_fn_with_state(http, record))
+            .merge(url2png_core::telemetry::metrics_router(registry.clone()));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router: api,
+            registry,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The metrics registry, for tests that read it.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Serve until `shutdown`, then finish the requests in flight.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "producer listening");
+        url2png_core::ops::serve(self.listener, self.router, shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Count and time every request by its route pattern (bounded labels).
+async fn record(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    metrics
+        .seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }

@@ -134,7 +134,12 @@ pub struct Config {
     pub chromium_path: PathBuf,
 
     /// Extra Chromium arguments, separated by spaces.
-    #[arg(long, env = "URL2PNG_CHROMIUM_ARGS", default_value = "")]
+    #[arg(
+        long,
+        env = "URL2PNG_CHROMIUM_ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
     pub chromium_args: String,
 
     /// Send every request Chromium makes through the egress guard (`true`).

@@ -570,27 +570,34 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
         .args(inner.background_proxy.iter().flat_map(|proxy| {
             // Everything goes through the egress guard, loopback included.
             [
-                format!("--proxy-server={}", proxy.url()),
-                "--proxy-bypass-list=<-loopback>".to_owned(),
+                format!("proxy-server={}", proxy.url()),
+                "proxy-bypass-list=<-loopback>".to_owned(),
             ]
         }))
         .args([
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-gpu",
-            "--disable-domain-reliability",
-            "--no-default-browser-check",
-            "--no-pings",
+            "disable-background-networking",
+            "disable-component-update",
+            "disable-sync",
+            "no-first-run",
+            "disable-gpu",
+            "disable-domain-reliability",
+            "no-default-browser-check",
+            "no-pings",
             // Traffic an HTTP proxy does not carry: WebRTC's UDP, QUIC, and
             // Chromium's own DNS prefetching.
-            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
-            "--webrtc-ip-handling-policy=disable_non_proxied_udp",
-            "--disable-quic",
-            "--dns-prefetch-disable",
+            "force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+            "webrtc-ip-handling-policy=disable_non_proxied_udp",
+            "disable-quic",
+            "dns-prefetch-disable",
         ])
-        .args(config.extra_args.iter().map(String::as_str));
+        // chromiumoxide adds the leading `--` itself: `--x` would become `----x`
+        // and Chromium would ignore it.
+        .args(
+            config
+                .extra_args
+                .iter()
+                .map(|a| a.trim_start_matches('-').to_owned()),
+        );
     if !config.sandbox {
         builder = builder.no_sandbox();
     }

@@ -88,13 +88,13 @@ async fn main() -> anyhow::Result<()> {
         .user_data_dir(&profile)
         .viewport(None)
         .args([
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-gpu",
+            "disable-background-networking",
+            "disable-component-update",
+            "disable-sync",
+            "no-first-run",
+            "disable-gpu",
         ])
-        .args(extra.iter().map(String::as_str))
+        .args(extra.iter().map(|a| a.trim_start_matches('-').to_owned()))
         .build()
         .map_err(anyhow::Error::msg)?;
     let (mut browser, mut handler) = Browser::launch(config).await?;

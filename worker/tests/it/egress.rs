@@ -45,7 +45,35 @@ async fn nothing_a_page_does_reaches_a_refused_address() {
         Page::redirect(format!("http://localhost:{port}/by-name-redirect")),
     );
 
-    let worker = start_worker(&aws, &[]).await;
+    let worker = start_worker(&aws, &["--chromium-args", "--disable-notifications"]).await;
+    // The browser really runs behind the guard: flags that Chromium ignores
+    // (a doubled `----` prefix, say) would leave background traffic free.
+    for pid in worker.pool.browser_pids().await {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("--proxy-server=http://127.0.0.1:")),
+            "{args:?}"
+        );
+        assert!(
+            args.iter().any(|a| a == "--proxy-bypass-list=<-loopback>"),
+            "{args:?}"
+        );
+        assert!(
+            args.iter()
+                .any(|a| a == "--webrtc-ip-handling-policy=disable_non_proxied_udp"),
+            "{args:?}"
+        );
+        assert!(
+            args.iter().any(|a| a == "--disable-notifications"),
+            "extra arguments pass: {args:?}"
+        );
+        assert!(!args.iter().any(|a| a.starts_with("---")), "{args:?}");
+    }
     let hostile = JobMessage::new(
         site.url("/hostile"),
         RenderOptions {

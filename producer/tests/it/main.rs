@@ -1,0 +1,561 @@
+//! Integration tests of the producer against a real `moto_server`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::QueueAttributeName;
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use url2png_core::{FailureReason, FailureRecord, ImageFormat, JobMessage, KeyLayout};
+use url2png_producer::{Config, Producer};
+use url2png_testkit::TestAws;
+
+struct Running {
+    addr: SocketAddr,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(aws: &TestAws, extra: &[&str]) -> Running {
+    let mut args = vec![
+        "url2png-producer",
+        "--queue-url",
+        &aws.queue.url,
+        "--bucket",
+        &aws.bucket,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
+        .await
+        .unwrap();
+    let addr = producer.local_addr();
+    let registry = producer.registry().clone();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(producer.run(shutdown.clone()));
+    Running {
+        addr,
+        registry,
+        shutdown,
+    }
+}
+
+/// A minimal HTTP/1.1 exchange: (status, headers lower-cased, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A server may answer before reading a large body; ignore a broken pipe.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 4 + size..];
+    }
+}
+
+async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+) -> (u16, Vec<(String, String)>, Value) {
+    let (status, headers, body) = http(
+        addr,
+        "POST",
+        path,
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+    .await;
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, _, body) = http(addr, "GET", path, None, b"").await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn queued(aws: &TestAws) -> u64 {
+    aws.clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&aws.queue.url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+async fn drain(aws: &TestAws) -> Vec<JobMessage> {
+    let mut jobs = Vec::new();
+    loop {
+        let out = aws
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&aws.queue.url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return jobs;
+        }
+        jobs.extend(
+            messages
+                .iter()
+                .map(|m| JobMessage::parse(m.body().unwrap().as_bytes()).unwrap()),
+        );
+    }
+}
+
+fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().to_vec())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_valid_request_is_queued_and_answered_at_once() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &[]).await;
+    let (status, headers, body) = post_json(
+        producer.addr,
+        "/v1/screenshots",
+        &json!({"url": "https://example.com/", "width": 390, "height": 844, "device_scale_factor": 3, "full_page": true}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["status_url"], format!("/v1/screenshots/{id}"));
+    assert_eq!(body["image_url"], format!("/v1/screenshots/{id}/image"));
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("/v1/screenshots/{id}").as_str())
+    );
+    let jobs = drain(&aws).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].id.to_string(), id);
+    assert_eq!((jobs[0].options.width, jobs[0].options.height), (390, 844));
+    assert!(jobs[0].options.full_page);
+    assert!(jobs[0].submitted_at.is_some());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_queued() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &["--body-limit-bytes", "4096"]).await;
+    let cases: Vec<(Value, u16, &str, Option<&str>)> = vec![
+        (json!({"width": 100}), 422, "missing_field", Some("url")),
+        (json!({"url": 42}), 422, "wrong_type", Some("url")),
+        (json!({"url": "not a url"}), 422, "invalid", Some("url")),
+        (
+            json!({"url": "file:///etc/passwd"}),
+            422,
+            "invalid",
+            Some("url"),
+        ),
+        (
+            json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+            422,
+            "blocked_by_policy",
+            Some("url"),
+        ),
+        (
+            json!({"url": "http://[::ffff:127.0.0.1]/"}),
+            422,
+            "blocked_by_policy",
+            Some("url"),
+        ),
+        (
+            json!({"url": "http://localhost:8080/"}),
+            422,
+            "blocked_by_policy",
+            Some("url"),
+        ),
+        (
+            json!({"url": "https://example.com/", "width": 0}),
+            422,
+            "out_of_range",
+            Some("width"),
+        ),
+        (
+            json!({"url": "https://example.com/", "format": "gif"}),
+            422,
+            "wrong_type",
+            Some("format"),
+        ),
+        (
+            json!({"url": "https://example.com/", "fullpage": true}),
+            422,
+            "unknown_field",
+            Some("fullpage"),
+        ),
+        (
+            json!({"url": "https://example.com/", "quality": 50}),
+            422,
+            "invalid",
+            Some("quality"),
+        ),
+        (
+            json!({"url": "https://example.com/", "options": {}, "width": 5}),
+            422,
+            "invalid",
+            None,
+        ),
+        (json!([1, 2]), 400, "malformed", None),
+    ];
+    for (body, status, code, field) in cases {
+        let (got, _, answer) = post_json(producer.addr, "/v1/screenshots", &body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"].as_str(), field, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (status, _, body) = http(
+        producer.addr,
+        "POST",
+        "/v1/screenshots",
+        Some("application/json"),
+        b"{not json",
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = http(
+        producer.addr,
+        "POST",
+        "/v1/screenshots",
+        Some("text/plain"),
+        b"{\"url\":\"https://example.com/\"}",
+    )
+    .await;
+    assert_eq!(status, 415);
+    let (status, _, _) = http(
+        producer.addr,
+        "POST",
+        "/v1/screenshots",
+        None,
+        b"{\"url\":\"https://example.com/\"}",
+    )
+    .await;
+    assert_eq!(status, 415);
+    let big = format!("{{\"url\":\"https://example.com/{}\"}}", "a".repeat(8192));
+    let (status, _, body) = http(
+        producer.addr,
+        "POST",
+        "/v1/screenshots",
+        Some("application/json"),
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["error"]["code"], "too_large");
+    assert_eq!(queued(&aws).await, 0, "nothing was queued");
+}
+
+#[tokio::test]
+async fn status_follows_what_the_worker_stores() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &[]).await;
+    let layout = KeyLayout::default();
+    let submit = |url: &'static str| {
+        let addr = producer.addr;
+        async move {
+            let (status, _, body) = post_json(addr, "/v1/screenshots", &json!({"url": url})).await;
+            assert_eq!(status, 202);
+            body["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        }
+    };
+    let done = submit("https://example.com/done").await;
+    let failed = submit("https://example.com/failed").await;
+
+    let (status, body) = get_json(producer.addr, &format!("/v1/screenshots/{done}")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("pending")));
+    let (status, headers, _) = http(
+        producer.addr,
+        "GET",
+        &format!("/v1/screenshots/{done}/image"),
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(header(&headers, "retry-after").is_some());
+
+    // What a worker writes.
+    aws.clients
+        .s3
+        .put_object()
+        .bucket(&aws.bucket)
+        .key(layout.image(done, ImageFormat::Png))
+        .content_type("image/png")
+        .metadata("width", "1280")
+        .body(ByteStream::from_static(b"\x89PNG fake"))
+        .send()
+        .await
+        .unwrap();
+    let record = FailureRecord {
+        id: failed,
+        url: Some("https://example.com/failed".into()),
+        reason: FailureReason::Timeout,
+        message: "the page did not finish within 30000 ms".into(),
+        attempts: 3,
+        failed_at: time::OffsetDateTime::now_utc(),
+    };
+    aws.clients
+        .s3
+        .put_object()
+        .bucket(&aws.bucket)
+        .key(layout.failure(failed))
+        .body(ByteStream::from(record.to_json().into_bytes()))
+        .send()
+        .await
+        .unwrap();
+
+    let (status, body) = get_json(producer.addr, &format!("/v1/screenshots/{done}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "done", "{body}");
+    assert_eq!(body["size_bytes"], 9);
+    assert_eq!(body["render"]["width"], "1280");
+    let image_url = body["image_url"].as_str().unwrap();
+    assert!(image_url.contains("X-Amz-Signature"), "{image_url}");
+    let (status, headers, _) = http(
+        producer.addr,
+        "GET",
+        &format!("/v1/screenshots/{done}/image"),
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(header(&headers, "location").is_some_and(|l| l.contains("X-Amz-Signature")));
+
+    let (status, body) = get_json(producer.addr, &format!("/v1/screenshots/{failed}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["reason"], "timeout");
+    assert_eq!(body["attempts"], 3);
+
+    let (status, body) = get_json(producer.addr, "/v1/screenshots/not-a-uuid").await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("id")));
+}
+
+#[tokio::test]
+async fn a_batch_accepts_and_refuses_each_job_on_its_own() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &[]).await;
+    let (status, _, body) = post_json(
+        producer.addr,
+        "/v1/screenshots/batch",
+        &json!({"jobs": [
+            {"url": "https://example.com/1"},
+            {"url": "http://10.0.0.1/"},
+            {"url": "https://example.com/2", "format": "jpeg", "quality": 70},
+            {"url": "https://example.com/3", "height": 99999},
+            {"url": "https://example.com/4"},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let results = body["results"].as_array().unwrap();
+    let accepted: Vec<bool> = results
+        .iter()
+        .map(|r| r["accepted"] == json!(true))
+        .collect();
+    assert_eq!(accepted, [true, false, true, false, true]);
+    assert_eq!(results[1]["error"]["code"], "blocked_by_policy");
+    assert_eq!(results[3]["error"]["field"], "height");
+    let mut queued_ids: Vec<String> = drain(&aws).await.iter().map(|j| j.id.to_string()).collect();
+    let mut accepted_ids: Vec<String> = results
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    queued_ids.sort();
+    accepted_ids.sort();
+    assert_eq!(queued_ids, accepted_ids);
+
+    let too_many: Vec<Value> = (0..101)
+        .map(|i| json!({"url": format!("https://example.com/{i}")}))
+        .collect();
+    let (status, _, _) = post_json(
+        producer.addr,
+        "/v1/screenshots/batch",
+        &json!({"jobs": too_many}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(queued(&aws).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_batch_sends() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &["--send-linger-ms", "20"]).await;
+    let requests = (0..60).map(|i| {
+        let addr = producer.addr;
+        async move {
+            post_json(
+                addr,
+                "/v1/screenshots",
+                &json!({"url": format!("https://example.com/{i}")}),
+            )
+            .await
+            .0
+        }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let batches = metric(
+        &producer.registry,
+        "url2png_producer_sqs_requests_total",
+        &[("operation", "SendMessageBatch")],
+    );
+    let singles = metric(
+        &producer.registry,
+        "url2png_producer_sqs_requests_total",
+        &[("operation", "SendMessage")],
+    );
+    assert!(batches <= 20.0, "60 requests took {batches} batch calls");
+    assert_eq!(singles, 0.0);
+    assert_eq!(drain(&aws).await.len(), 60, "every 202 has its message");
+    let ok = metric(
+        &producer.registry,
+        "url2png_producer_http_requests_total",
+        &[("route", "/v1/screenshots"), ("status", "202")],
+    );
+    assert_eq!(ok, 60.0);
+}
+
+#[tokio::test]
+async fn an_unreachable_queue_gives_503_with_retry_after() {
+    let aws = TestAws::start().await;
+    let mut args = vec![
+        "url2png-producer".to_owned(),
+        "--queue-url".into(),
+        format!("{}/123456789012/missing", aws.moto.endpoint()),
+        "--bucket".into(),
+        aws.bucket.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.push("--retry-after-seconds".into());
+    args.push("7".into());
+    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
+        .await
+        .unwrap();
+    let addr = producer.local_addr();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(producer.run(shutdown.clone()));
+    let (status, headers, body) = tokio::time::timeout(
+        Duration::from_secs(60),
+        post_json(
+            addr,
+            "/v1/screenshots",
+            &json!({"url": "https://example.com/"}),
+        ),
+    )
+    .await
+    .expect("answered, not hung");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(header(&headers, "retry-after"), Some("7"));
+    assert_eq!(body["error"]["code"], "queue_unavailable");
+    let (status, _, _) = http(addr, "GET", "/readyz", None, b"").await;
+    assert_eq!(status, 503);
+    let (status, _, _) = http(addr, "GET", "/healthz", None, b"").await;
+    assert_eq!(status, 200);
+    shutdown.cancel();
+}
