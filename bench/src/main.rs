@@ -226,25 +226,8 @@ async fn worker_run(
         .iter()
         .map(|u| JobMessage::new(u.clone(), RenderOptions::default()))
         .collect();
-    for chunk in jobs.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, j)| {
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(j.to_json())
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        aws.clients
-            .sqs
-            .send_message_batch()
-            .queue_url(&aws.queue.url)
-            .set_entries(Some(entries))
-            .send()
-            .await?;
-    }
+    let bodies: Vec<String> = jobs.iter().map(JobMessage::to_json).collect();
+    aws.send_bodies(&bodies).await;
     let mut args = vec![
         "url2png-worker",
         "--queue-url",

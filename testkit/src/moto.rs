@@ -285,3 +285,97 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
         .expect("queue ARN")
 }
+
+impl TestAws {
+    /// Send raw bodies to the queue, in batches of 10.
+    pub async fn send_bodies(&self, bodies: &[String]) {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .expect("entry has an id and a body")
+                })
+                .collect();
+            let out = self
+                .clients
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.queue.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("send batch");
+            assert!(out.failed.is_empty(), "{:?}", out.failed);
+        }
+    }
+
+    /// (visible, in flight) counts of the queue at `url`.
+    pub async fn queue_counts(&self, url: &str) -> (u64, u64) {
+        let attrs = self
+            .clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("get queue attributes")
+            .attributes
+            .unwrap_or_default();
+        let n = |k| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            n(QueueAttributeName::ApproximateNumberOfMessages),
+            n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    /// Every key in the bucket.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .clients
+                .s3
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .expect("list objects");
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match out.next_continuation_token() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return keys,
+            }
+        }
+    }
+
+    /// The bytes of an object in the bucket.
+    pub async fn object(&self, key: &str) -> Vec<u8> {
+        self.clients
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e:?}"))
+            .body
+            .collect()
+            .await
+            .expect("read object")
+            .into_bytes()
+            .to_vec()
+    }
+}

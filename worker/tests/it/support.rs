@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use url2png_core::JobMessage;
@@ -77,29 +76,7 @@ fn tracing_subscriber_init() -> Result<(), ()> {
 
 /// Send raw bodies in batches of 10.
 pub async fn send_bodies(aws: &TestAws, bodies: &[String]) {
-    for chunk in bodies.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, body)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(body)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let out = aws
-            .clients
-            .sqs
-            .send_message_batch()
-            .queue_url(&aws.queue.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        assert!(out.failed.is_empty(), "{:?}", out.failed);
-    }
+    aws.send_bodies(bodies).await;
 }
 
 pub async fn send_jobs(aws: &TestAws, jobs: &[JobMessage]) {
@@ -128,66 +105,16 @@ where
 
 /// Every key in the bucket.
 pub async fn keys(aws: &TestAws) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = aws
-            .clients
-            .s3
-            .list_objects_v2()
-            .bucket(&aws.bucket)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .unwrap();
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
-        match out.next_continuation_token() {
-            Some(t) => token = Some(t.to_owned()),
-            None => return keys,
-        }
-    }
+    aws.keys().await
 }
 
 pub async fn get(aws: &TestAws, key: &str) -> Vec<u8> {
-    aws.clients
-        .s3
-        .get_object()
-        .bucket(&aws.bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec()
+    aws.object(key).await
 }
 
 /// (visible, in flight) counts of a queue.
 pub async fn queue_counts(aws: &TestAws, url: &str) -> (u64, u64) {
-    let attrs = aws
-        .clients
-        .sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap_or_default();
-    let n = |k| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (
-        n(QueueAttributeName::ApproximateNumberOfMessages),
-        n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-    )
+    aws.queue_counts(url).await
 }
 
 /// Width and height from a PNG's IHDR chunk.
