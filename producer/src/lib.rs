@@ -3,12 +3,14 @@
 //! concurrent requests into batch sends), and reports status from S3.
 //!
 //! - [`api`]: the routes and their errors;
-//! - [`sender`]: coalesced `SendMessageBatch` calls.
+//! - [`sender`]: coalesced `SendMessageBatch` calls;
+//! - [`cli`]: `url2png-producer submit`.
 //!
 //! [`Producer::start`] takes its configuration and AWS clients as values,
 //! so tests run the real thing against an emulator on loopback.
 
 pub mod api;
+pub mod cli;
 pub mod sender;
 
 use std::net::SocketAddr;

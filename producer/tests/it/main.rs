@@ -547,3 +547,90 @@ async fn an_unreachable_queue_gives_503_with_retry_after() {
     assert_eq!(status, 200);
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_waits_for_the_worker() {
+    use url2png_testkit::{Fixtures, Page};
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    fixtures.page("/missing", Page::html("gone").status(404));
+    let config = url2png_worker::Config::try_parse_from([
+        "url2png-worker",
+        "--queue-url",
+        &aws.queue.url,
+        "--bucket",
+        &aws.bucket,
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-time-seconds",
+        "1",
+        "--egress-allow",
+        "127.0.0.1/32",
+    ])
+    .unwrap();
+    let worker = url2png_worker::Worker::start(config, aws.clients.clone())
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(worker.run(stop.clone()));
+
+    let submit = |args: Vec<String>| {
+        let endpoint = aws.moto.endpoint().to_owned();
+        let (queue, bucket) = (aws.queue.url.clone(), aws.bucket.clone());
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
+                .arg("submit")
+                .args(args)
+                .env("AWS_ENDPOINT_URL", endpoint)
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("URL2PNG_QUEUE_URL", queue)
+                .env("URL2PNG_BUCKET", bucket)
+                .env("URL2PNG_EGRESS_ALLOW", "127.0.0.1/32")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = submit(vec![
+        fixtures.url("/page"),
+        "--wait".into(),
+        "--wait-seconds".into(),
+        "90".into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap()
+        .to_owned();
+    assert!(stdout.contains("done after"), "{stdout}");
+    assert!(aws.keys().await.contains(&format!("{id}.png")));
+
+    let out = submit(vec![
+        fixtures.url("/missing"),
+        "--fail-on-http-error".into(),
+        "--wait".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http_error"));
+
+    let before = aws.keys().await.len();
+    let out = submit(vec![fixtures.url("/x"), "--width".into(), "0".into()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("width"));
+    let out = submit(vec!["http://169.254.169.254/".into()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(queued(&aws).await, 0, "refused jobs were not queued");
+    assert_eq!(aws.keys().await.len(), before);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
