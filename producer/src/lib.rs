@@ -3,12 +3,14 @@
 //! concurrent requests into batch sends), and reports status from S3.
 //!
 //! - [`api`]: the routes and their errors;
+//! - [`access`]: API keys, rate limit, request timeout;
 //! - [`sender`]: coalesced `SendMessageBatch` calls;
 //! - [`cli`]: `url2png-producer submit`.
 //!
 //! [`Producer::start`] takes its configuration and AWS clients as values,
 //! so tests run the real thing against an emulator on loopback.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod sender;
@@ -84,6 +86,29 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[arg(long, env = "URL2PNG_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub body_limit_bytes: usize,
+
+    /// API keys accepted as `Authorization: Bearer <key>`, comma-separated;
+    /// empty: no authentication. Health and metrics stay open.
+    #[arg(
+        long,
+        env = "URL2PNG_API_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub api_keys: String,
+
+    /// Requests per client per minute on the API (0: no limit).
+    #[arg(long, env = "URL2PNG_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
+    pub rate_limit_per_minute: u32,
+
+    /// Identify clients by the last `X-Forwarded-For` entry (behind a load
+    /// balancer that appends it, such as an ALB) instead of the peer.
+    #[arg(long, env = "URL2PNG_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
+    /// Longest time an API request may take, in seconds.
+    #[arg(long, env = "URL2PNG_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
 
     /// Retry-After given with 503 and with 404 while pending, in seconds.
     #[arg(long, env = "URL2PNG_RETRY_AFTER_SECONDS", default_value_t = 2)]
@@ -226,6 +251,15 @@ impl Producer {
                 config.body_limit_bytes,
             ))
             .with_state(state)
+            .layer(middleware::from_fn_with_state(
+                Arc::new(access::Access::new(
+                    &config.api_keys,
+                    config.rate_limit_per_minute,
+                    config.trust_forwarded_for,
+                    Duration::from_secs(config.request_timeout_seconds.max(1)),
+                )),
+                access::guard,
+            ))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .layer(middleware::from_fn_with_state(http, record))
@@ -255,7 +289,13 @@ impl Producer {
     /// Serve until `shutdown`, then finish the requests in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "producer listening");
-        url2png_core::ops::serve(self.listener, self.router, shutdown).await?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
         Ok(())
     }
 }

@@ -634,3 +634,86 @@ async fn submit_waits_for_the_worker() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+async fn http_with(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn api_keys_guard_the_api_but_not_health() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &["--api-keys", "k1-secret, k2-secret"]).await;
+    let body = r#"{"url":"https://example.com/"}"#;
+    let post = |auth: &str| {
+        format!(
+            "POST /v1/screenshots HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (status, text) = http_with(producer.addr, &post("")).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer")
+    );
+    let (status, _) = http_with(producer.addr, &post("Authorization: Bearer wrong\r\n")).await;
+    assert_eq!(status, 401);
+    let (status, _) = http_with(producer.addr, &post("Authorization: Bearer k1-secre\r\n")).await;
+    assert_eq!(status, 401, "a prefix of a key is not the key");
+    let (status, text) =
+        http_with(producer.addr, &post("Authorization: Bearer k2-secret\r\n")).await;
+    assert_eq!(status, 202, "{text}");
+    let (status, _) = http_with(
+        producer.addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = http_with(
+        producer.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(queued(&aws).await, 1);
+}
+
+#[tokio::test]
+async fn clients_over_their_rate_get_429() {
+    let aws = TestAws::start().await;
+    let producer = start(
+        &aws,
+        &[
+            "--rate-limit-per-minute",
+            "3",
+            "--trust-forwarded-for",
+            "true",
+        ],
+    )
+    .await;
+    let request = |client: &str| {
+        format!(
+            "GET /v1/screenshots/6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 1.2.3.4, {client}\r\n\r\n"
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            http_with(producer.addr, &request("203.0.113.7")).await.0,
+            200
+        );
+    }
+    let (status, text) = http_with(producer.addr, &request("203.0.113.7")).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after:"));
+    assert_eq!(
+        http_with(producer.addr, &request("203.0.113.8")).await.0,
+        200,
+        "another client"
+    );
+}

@@ -1,0 +1,187 @@
+//! Who may use the API and how much: optional API keys, a per-client rate
+//! limit, and a timeout on every request. Health and metrics routes are not
+//! behind any of these.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::ApiError;
+
+/// Access settings, shared by the middleware.
+#[derive(Debug)]
+pub struct Access {
+    /// Accepted bearer tokens; empty: no authentication.
+    keys: Vec<Vec<u8>>,
+    /// Requests per client per minute; 0: no limit.
+    per_minute: u32,
+    /// Take the client address from the last `X-Forwarded-For` entry (the
+    /// one the load balancer added) rather than the peer.
+    trust_forwarded: bool,
+    timeout: Duration,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Access {
+    pub fn new(keys: &str, per_minute: u32, trust_forwarded: bool, timeout: Duration) -> Self {
+        Self {
+            keys: keys
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            per_minute,
+            trust_forwarded,
+            timeout,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn authorised(&self, request: &Request) -> bool {
+        if self.keys.is_empty() {
+            return true;
+        }
+        let Some(token) = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Compare with every key, each in constant time, so timing tells
+        // nothing about which bytes matched.
+        self.keys.iter().fold(false, |found, key| {
+            found | constant_time_eq(key, token.trim().as_bytes())
+        })
+    }
+
+    fn client(&self, request: &Request) -> String {
+        if self.trust_forwarded
+            && let Some(last) = request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+        {
+            return last.to_string();
+        }
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Take a token for `client`; `Err(seconds)` to wait when none is left.
+    fn take(&self, client: &str) -> Result<(), u64> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(self.per_minute);
+        let rate = capacity / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        if buckets.len() > 100_000 {
+            // Forget clients that have been idle long enough to be full.
+            buckets.retain(|_, b| now.duration_since(b.updated).as_secs_f64() * rate < capacity);
+        }
+        let bucket = buckets.entry(client.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware for the API routes.
+pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    if !access.authorised(&request) {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <API key>`",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    if let Err(wait) = access.take(&access.client(&request)) {
+        return ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; slow down",
+            )
+        }
+        .into_response();
+    }
+    match tokio::time::timeout(access.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("the request took over {:?}", access.timeout),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn a_client_gets_its_share_then_waits() {
+        let access = Access::new("", 3, false, Duration::from_secs(1));
+        assert!(access.take("a").is_ok());
+        assert!(access.take("a").is_ok());
+        assert!(access.take("a").is_ok());
+        let wait = access.take("a").unwrap_err();
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert!(access.take("b").is_ok(), "clients are counted apart");
+        let unlimited = Access::new("", 0, false, Duration::from_secs(1));
+        assert!((0..1000).all(|_| unlimited.take("a").is_ok()));
+    }
+}
