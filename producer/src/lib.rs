@@ -260,6 +260,7 @@ impl Producer {
                 )),
                 access::guard,
             ))
+            .route("/", get(index))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .layer(middleware::from_fn_with_state(http, record))
@@ -298,6 +299,11 @@ impl Producer {
         .await?;
         Ok(())
     }
+}
+
+/// `GET /`: a small page to submit a URL and see the screenshot.
+async fn index() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("web/index.html"))
 }
 
 /// Count and time every request by its route pattern (bounded labels).

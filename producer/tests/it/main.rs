@@ -717,3 +717,111 @@ async fn clients_over_their_rate_get_429() {
         "another client"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_submits_and_shows_the_screenshot() {
+    use chromiumoxide::browser::{Browser, BrowserConfig};
+    use futures::StreamExt;
+    use url2png_testkit::{Fixtures, Page};
+
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    fixtures.page(
+        "/shot",
+        Page::html("<body style='background:#36c'><h1>hello</h1></body>"),
+    );
+    let config = url2png_worker::Config::try_parse_from([
+        "url2png-worker",
+        "--queue-url",
+        &aws.queue.url,
+        "--bucket",
+        &aws.bucket,
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-time-seconds",
+        "1",
+        "--egress-allow",
+        "127.0.0.1/32",
+    ])
+    .unwrap();
+    let worker = url2png_worker::Worker::start(config, aws.clients.clone())
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(worker.run(stop.clone()));
+    let producer = start(&aws, &["--egress-allow", "127.0.0.1/32"]).await;
+
+    let profile = std::env::temp_dir().join(format!("url2png-webpage-test-{}", std::process::id()));
+    let browser_config = BrowserConfig::builder()
+        .chrome_executable("/usr/bin/chromium")
+        .no_sandbox()
+        .user_data_dir(&profile)
+        .args([
+            "disable-background-networking",
+            "disable-component-update",
+            "disable-sync",
+            "no-first-run",
+            "disable-gpu",
+        ])
+        .build()
+        .unwrap();
+    let (mut browser, mut handler) = Browser::launch(browser_config).await.unwrap();
+    let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let page = browser
+        .new_page(format!("http://{}/", producer.addr))
+        .await
+        .unwrap();
+    page.wait_for_navigation().await.unwrap();
+    let url = serde_json::to_string(&fixtures.url("/shot")).unwrap();
+    page.evaluate(format!(
+        "document.getElementById('url').value = {url}; document.getElementById('submit').click(); true"
+    ))
+    .await
+    .unwrap();
+    // Poll the page's own state until the image element shows a loaded PNG.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let width = loop {
+        let width: i64 = page
+            .evaluate(
+                "(() => { const i = document.getElementById('shot'); \
+                 return document.getElementById('result').hidden || !i.complete ? 0 : i.naturalWidth; })()",
+            )
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        if width > 0 {
+            break width;
+        }
+        let status: String = page
+            .evaluate("document.getElementById('status').textContent")
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        assert!(
+            !status.starts_with("Failed") && !status.starts_with("Refused"),
+            "{status}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no screenshot shown; status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(width, 1280, "the desktop viewport's PNG");
+    let href: String = page
+        .evaluate("document.getElementById('download').href")
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    assert!(href.contains("X-Amz-Signature"), "{href}");
+
+    let _ = browser.close().await;
+    let _ = browser.wait().await;
+    driver.abort();
+    let _ = std::fs::remove_dir_all(profile);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
