@@ -473,6 +473,14 @@ async fn a_batch_accepts_and_refuses_each_job_on_its_own() {
 async fn concurrent_requests_share_batch_sends() {
     let aws = TestAws::start().await;
     let producer = start(&aws, &["--send-linger-ms", "20"]).await;
+    // The emulator's request log, when this test started the emulator.
+    let sqs_calls_in_log = || {
+        aws.moto.log_path().map(|path| {
+            let log = std::fs::read_to_string(path).unwrap();
+            log.lines().filter(|l| l.contains("\"POST / HTTP")).count()
+        })
+    };
+    let before = sqs_calls_in_log();
     let requests = (0..60).map(|i| {
         let addr = producer.addr;
         async move {
@@ -499,6 +507,10 @@ async fn concurrent_requests_share_batch_sends() {
     );
     assert!(batches <= 20.0, "60 requests took {batches} batch calls");
     assert_eq!(singles, 0.0);
+    // The emulator saw exactly the calls the producer counted.
+    if let (Some(after), Some(before)) = (sqs_calls_in_log(), before) {
+        assert_eq!((after - before) as f64, batches);
+    }
     assert_eq!(drain(&aws).await.len(), 60, "every 202 has its message");
     let ok = metric(
         &producer.registry,
