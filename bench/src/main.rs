@@ -21,16 +21,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 use chromiumoxide::cdp::browser_protocol::page::{
     CaptureScreenshotFormat, CaptureScreenshotParams,
 };
 use clap::Parser;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use url2png_core::{JobMessage, RenderOptions};
-use url2png_testkit::{Fixtures, TestAws};
+use url2png_testkit::{Fixtures, TestAws, TestBrowser};
 use url2png_worker::{Config, Worker};
 
 #[derive(Debug, Parser)]
@@ -309,31 +307,18 @@ async fn ceiling_run(
 ) -> anyhow::Result<Run> {
     let mut launched = Vec::new();
     let mut tabs = Vec::new();
-    for b in 0..browsers {
-        let dir = std::env::temp_dir().join(format!("url2png-bench-{}-{b}", std::process::id()));
-        let config = BrowserConfig::builder()
-            .chrome_executable(chromium)
-            .no_sandbox()
-            .user_data_dir(&dir)
-            .viewport(None)
-            .args([
-                "disable-background-networking",
-                "disable-component-update",
-                "disable-sync",
-                "no-first-run",
-                "disable-gpu",
-            ])
-            .build()
+    for _ in 0..browsers {
+        let launched_browser = TestBrowser::launch_at(chromium, &[])
+            .await
             .map_err(anyhow::Error::msg)?;
-        let (browser, mut handler) = Browser::launch(config).await?;
-        let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let browser = &launched_browser.browser;
         for _ in 0..pages {
             let page = browser.new_page("about:blank").await?;
             page.execute(SetDeviceMetricsOverrideParams::new(1280, 800, 1.0, false))
                 .await?;
             tabs.push(page);
         }
-        launched.push((browser, driver, dir));
+        launched.push(launched_browser);
     }
     let next = Arc::new(AtomicUsize::new(0));
     let urls = Arc::new(urls.to_vec());
@@ -360,11 +345,8 @@ async fn ceiling_run(
         result?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    for (mut browser, driver, dir) in launched {
-        let _ = browser.close().await;
-        let _ = browser.wait().await;
-        driver.abort();
-        let _ = std::fs::remove_dir_all(dir);
+    for browser in launched {
+        browser.close().await;
     }
     Ok(Run {
         name: format!("ceiling: bare loop, {} warm tabs", browsers * pages),

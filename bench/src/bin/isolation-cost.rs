@@ -10,12 +10,10 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotParams;
 use chromiumoxide::cdp::browser_protocol::target::{
     CloseTargetParams, CreateBrowserContextParams, CreateTargetParams,
 };
-use futures::StreamExt;
 use url2png_testkit::Fixtures;
 
 const JOBS: usize = 40;
@@ -81,24 +79,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     let url = |i: usize, tag: &str| sites[i % sites.len()].url(&format!("/{tag}/{i}"));
-    let profile = std::env::temp_dir().join(format!("url2png-isolation-{}", std::process::id()));
-    let config = BrowserConfig::builder()
-        .chrome_executable("/usr/bin/chromium")
-        .no_sandbox()
-        .user_data_dir(&profile)
-        .viewport(None)
-        .args([
-            "disable-background-networking",
-            "disable-component-update",
-            "disable-sync",
-            "no-first-run",
-            "disable-gpu",
-        ])
-        .args(extra.iter().map(|a| a.trim_start_matches('-').to_owned()))
-        .build()
+    let test_browser = url2png_testkit::TestBrowser::launch(&extra)
+        .await
         .map_err(anyhow::Error::msg)?;
-    let (mut browser, mut handler) = Browser::launch(config).await?;
-    let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let browser = &test_browser.browser;
     let shot = CaptureScreenshotParams::default;
     let b = &browser;
 
@@ -242,9 +226,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    browser.close().await?;
-    browser.wait().await?;
-    driver.abort();
-    let _ = std::fs::remove_dir_all(profile);
+    test_browser.close().await;
     Ok(())
 }

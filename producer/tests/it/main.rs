@@ -560,12 +560,13 @@ async fn an_unreachable_queue_gives_503_with_retry_after() {
     shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_waits_for_the_worker() {
-    use url2png_testkit::{Fixtures, Page};
-    let aws = TestAws::start().await;
-    let fixtures = Fixtures::start().await;
-    fixtures.page("/missing", Page::html("gone").status(404));
+/// A worker on the same emulator that may render loopback fixture pages.
+async fn start_worker(
+    aws: &TestAws,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let config = url2png_worker::Config::try_parse_from([
         "url2png-worker",
         "--queue-url",
@@ -584,7 +585,16 @@ async fn submit_waits_for_the_worker() {
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(worker.run(stop.clone()));
+    (stop.clone(), tokio::spawn(worker.run(stop)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_waits_for_the_worker() {
+    use url2png_testkit::{Fixtures, Page};
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    fixtures.page("/missing", Page::html("gone").status(404));
+    let (stop, worker) = start_worker(&aws).await;
 
     let submit = |args: Vec<String>| {
         let endpoint = aws.moto.endpoint().to_owned();
@@ -732,8 +742,6 @@ async fn clients_over_their_rate_get_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_submits_and_shows_the_screenshot() {
-    use chromiumoxide::browser::{Browser, BrowserConfig};
-    use futures::StreamExt;
     use url2png_testkit::{Fixtures, Page};
 
     let aws = TestAws::start().await;
@@ -742,43 +750,11 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
         "/shot",
         Page::html("<body style='background:#36c'><h1>hello</h1></body>"),
     );
-    let config = url2png_worker::Config::try_parse_from([
-        "url2png-worker",
-        "--queue-url",
-        &aws.queue.url,
-        "--bucket",
-        &aws.bucket,
-        "--listen",
-        "127.0.0.1:0",
-        "--wait-time-seconds",
-        "1",
-        "--egress-allow",
-        "127.0.0.1/32",
-    ])
-    .unwrap();
-    let worker = url2png_worker::Worker::start(config, aws.clients.clone())
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(worker.run(stop.clone()));
+    let (stop, worker) = start_worker(&aws).await;
     let producer = start(&aws, &["--egress-allow", "127.0.0.1/32"]).await;
 
-    let profile = std::env::temp_dir().join(format!("url2png-webpage-test-{}", std::process::id()));
-    let browser_config = BrowserConfig::builder()
-        .chrome_executable("/usr/bin/chromium")
-        .no_sandbox()
-        .user_data_dir(&profile)
-        .args([
-            "disable-background-networking",
-            "disable-component-update",
-            "disable-sync",
-            "no-first-run",
-            "disable-gpu",
-        ])
-        .build()
-        .unwrap();
-    let (mut browser, mut handler) = Browser::launch(browser_config).await.unwrap();
-    let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let test_browser = url2png_testkit::TestBrowser::launch(&[]).await.unwrap();
+    let browser = &test_browser.browser;
     let page = browser
         .new_page(format!("http://{}/", producer.addr))
         .await
@@ -830,10 +806,7 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
         .unwrap();
     assert!(href.contains("X-Amz-Signature"), "{href}");
 
-    let _ = browser.close().await;
-    let _ = browser.wait().await;
-    driver.abort();
-    let _ = std::fs::remove_dir_all(profile);
+    test_browser.close().await;
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
