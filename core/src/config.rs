@@ -17,6 +17,36 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
+/// Where jobs and their results live: the queue, the bucket and the key
+/// prefix, the same for the producer and the worker.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// URL of the job queue.
+    #[arg(long, env = "URL2PNG_QUEUE_URL")]
+    pub queue_url: String,
+
+    /// Bucket the images and failure records go to.
+    #[arg(long, env = "URL2PNG_BUCKET")]
+    pub bucket: String,
+
+    /// Prefix of every key in the bucket (e.g. `shots/`).
+    #[arg(long, env = "URL2PNG_KEY_PREFIX", default_value = "")]
+    pub key_prefix: String,
+}
+
+impl StoreArgs {
+    /// The key layout, or what is wrong with the settings.
+    pub fn layout(&self) -> Result<crate::keys::KeyLayout, String> {
+        if self.queue_url.trim().is_empty() {
+            return Err("URL2PNG_QUEUE_URL is empty".into());
+        }
+        if self.bucket.trim().is_empty() {
+            return Err("URL2PNG_BUCKET is empty".into());
+        }
+        crate::keys::KeyLayout::new(self.key_prefix.clone()).map_err(|e| e.to_string())
+    }
+}
+
 /// The outbound URL policy's operator rules (see [`crate::policy`]).
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {

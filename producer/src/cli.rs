@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use url2png_core::aws::{AwsOptions, Clients};
-use url2png_core::config::{CommonArgs, PolicyArgs};
+use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs};
 use url2png_core::job::{ImageFormat, JobMessage, RenderOptions, WaitFor};
-use url2png_core::keys::{FailureRecord, KeyLayout};
+use url2png_core::keys::FailureRecord;
 
 /// Settings of `url2png-producer submit`.
 #[derive(Debug, Clone, Parser)]
@@ -24,14 +24,8 @@ pub struct SubmitArgs {
     /// The page to render.
     pub url: String,
 
-    #[arg(long, env = "URL2PNG_QUEUE_URL")]
-    pub queue_url: String,
-
-    #[arg(long, env = "URL2PNG_BUCKET")]
-    pub bucket: String,
-
-    #[arg(long, env = "URL2PNG_KEY_PREFIX", default_value = "")]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     #[arg(long, default_value_t = 1280)]
     pub width: u32,
@@ -131,12 +125,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
     };
     job.submitted_at = Some(time::OffsetDateTime::now_utc());
-    let layout = KeyLayout::new(args.key_prefix.clone())?;
+    let layout = args.store.layout().map_err(anyhow::Error::msg)?;
     let clients = Clients::load(&AwsOptions::default()).await;
     if let Err(e) = clients
         .sqs
         .send_message()
-        .queue_url(&args.queue_url)
+        .queue_url(&args.store.queue_url)
         .message_body(job.to_json())
         .send()
         .await
@@ -150,7 +144,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let image_key = layout.image(job.id, job.options.format);
     let mut out = std::io::stdout();
     writeln!(out, "id: {}", job.id)?;
-    writeln!(out, "image: s3://{}/{image_key}", args.bucket)?;
+    writeln!(out, "image: s3://{}/{image_key}", args.store.bucket)?;
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -164,7 +158,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         let image = clients
             .s3
             .head_object()
-            .bucket(&args.bucket)
+            .bucket(&args.store.bucket)
             .key(&image_key)
             .send()
             .await;
@@ -176,14 +170,14 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 out,
                 "done after {:.1} s: s3://{}/{image_key}",
                 started.elapsed().as_secs_f64(),
-                args.bucket
+                args.store.bucket
             )?;
             return Ok(ExitCode::SUCCESS);
         }
         if let Ok(object) = clients
             .s3
             .get_object()
-            .bucket(&args.bucket)
+            .bucket(&args.store.bucket)
             .key(&failure_key)
             .send()
             .await
@@ -194,7 +188,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             }
             match FailureRecord::from_json(&bytes) {
                 Ok(record) => eprintln!("failed ({}): {}", record.reason.as_str(), record.message),
-                Err(_) => eprintln!("failed: see s3://{}/{failure_key}", args.bucket),
+                Err(_) => eprintln!("failed: see s3://{}/{failure_key}", args.store.bucket),
             }
             return Ok(ExitCode::from(1));
         }

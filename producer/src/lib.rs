@@ -30,8 +30,7 @@ use clap::Parser;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 use url2png_core::aws::{AwsOptions, Clients};
-use url2png_core::config::{CommonArgs, PolicyArgs, parse_addr};
-use url2png_core::keys::KeyLayout;
+use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs, parse_addr};
 
 use crate::api::AppState;
 use crate::sender::{Sender, SenderMetrics};
@@ -50,17 +49,8 @@ pub struct Config {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
-    /// URL of the job queue.
-    #[arg(long, env = "URL2PNG_QUEUE_URL")]
-    pub queue_url: String,
-
-    /// Bucket the worker stores images and failure records in.
-    #[arg(long, env = "URL2PNG_BUCKET")]
-    pub bucket: String,
-
-    /// Prefix of every key in the bucket (the worker's setting).
-    #[arg(long, env = "URL2PNG_KEY_PREFIX", default_value = "")]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// HTTP address.
     #[arg(long, env = "URL2PNG_PRODUCER_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
@@ -118,10 +108,7 @@ pub struct Config {
 impl Config {
     /// Check settings that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
-        if self.queue_url.trim().is_empty() || self.bucket.trim().is_empty() {
-            return Err("URL2PNG_QUEUE_URL and URL2PNG_BUCKET must be set".into());
-        }
-        KeyLayout::new(self.key_prefix.clone()).map_err(|e| e.to_string())?;
+        self.store.layout()?;
         self.policy
             .policy()
             .map_err(|e| format!("URL2PNG_EGRESS_ALLOW/DENY/PORTS: {e}"))?;
@@ -208,7 +195,7 @@ impl Producer {
 
         let sender = Sender::start(
             clients.sqs.clone(),
-            config.queue_url.clone(),
+            config.store.queue_url.clone(),
             config.send_batch_max,
             Duration::from_millis(config.send_linger_ms),
             sender_metrics,
@@ -216,8 +203,8 @@ impl Producer {
         let state = Arc::new(AppState {
             sender,
             s3: clients.s3.clone(),
-            bucket: config.bucket.clone(),
-            layout: KeyLayout::new(config.key_prefix.clone()).map_err(anyhow::Error::msg)?,
+            bucket: config.store.bucket.clone(),
+            layout: config.store.layout().map_err(anyhow::Error::msg)?,
             policy: config.policy.policy().map_err(anyhow::Error::msg)?,
             presign_lifetime: Duration::from_secs(config.presign_seconds),
             public_url: config.public_url.clone(),
@@ -225,7 +212,7 @@ impl Producer {
         });
         let ready = {
             let sqs = clients.sqs.clone();
-            let queue_url = config.queue_url.clone();
+            let queue_url = config.store.queue_url.clone();
             move || {
                 let sqs = sqs.clone();
                 let queue_url = queue_url.clone();

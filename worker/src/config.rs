@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use url2png_core::config::{CommonArgs, PolicyArgs, parse_addr};
-use url2png_core::keys::KeyLayout;
+use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs, parse_addr};
 
 use crate::heartbeat::MAX_INVISIBLE;
 
@@ -25,17 +24,8 @@ pub struct Config {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
-    /// URL of the job queue.
-    #[arg(long, env = "URL2PNG_QUEUE_URL")]
-    pub queue_url: String,
-
-    /// Bucket the images and failure records go to.
-    #[arg(long, env = "URL2PNG_BUCKET")]
-    pub bucket: String,
-
-    /// Prefix of every key in the bucket (e.g. `shots/`).
-    #[arg(long, env = "URL2PNG_KEY_PREFIX", default_value = "")]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Jobs rendered at once; at most browsers × pages per browser
     /// (the default).
@@ -167,13 +157,7 @@ impl Config {
     /// to change.
     pub fn validate(&self) -> Result<(), String> {
         let err = |m: String| Err(m);
-        if self.queue_url.trim().is_empty() {
-            return err("URL2PNG_QUEUE_URL is empty".into());
-        }
-        if self.bucket.trim().is_empty() {
-            return err("URL2PNG_BUCKET is empty".into());
-        }
-        KeyLayout::new(self.key_prefix.clone()).map_err(|e| e.to_string())?;
+        self.store.layout()?;
         self.policy
             .policy()
             .map_err(|e| format!("URL2PNG_EGRESS_ALLOW/DENY/PORTS: {e}"))?;

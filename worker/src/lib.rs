@@ -34,7 +34,6 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url2png_core::aws::{AwsOptions, Clients};
-use url2png_core::keys::KeyLayout;
 
 pub use config::Config;
 
@@ -144,7 +143,7 @@ impl Worker {
         let background = CancellationToken::new();
         let heartbeat = Heartbeat::new(
             sqs.clone(),
-            config.queue_url.clone(),
+            config.store.queue_url.clone(),
             config.visibility(),
             Duration::from_secs(config.heartbeat_seconds),
             self.metrics.clone(),
@@ -152,15 +151,15 @@ impl Worker {
         let heartbeat_task = tokio::spawn(heartbeat.clone().run(background.clone()));
         let (acker, acker_task) = Acker::start(
             sqs.clone(),
-            config.queue_url.clone(),
+            config.store.queue_url.clone(),
             heartbeat.clone(),
             self.metrics.clone(),
             Duration::from_millis(config.delete_flush_ms),
         );
         let ctx = Arc::new(Ctx {
             s3: self.clients.s3.clone(),
-            bucket: config.bucket.clone(),
-            layout: KeyLayout::new(config.key_prefix.clone()).map_err(anyhow::Error::msg)?,
+            bucket: config.store.bucket.clone(),
+            layout: config.store.layout().map_err(anyhow::Error::msg)?,
             pool: self.pool.clone(),
             policy: Arc::new(config.policy.policy().map_err(anyhow::Error::msg)?),
             browser_checks: config.egress_guard,
@@ -179,7 +178,7 @@ impl Worker {
         let receiver = Arc::new(Receiver {
             sqs,
             config: ReceiveConfig {
-                queue_url: config.queue_url.clone(),
+                queue_url: config.store.queue_url.clone(),
                 concurrency: config.concurrency(),
                 batch_max: config.receive_batch_max,
                 wait_time_seconds: config.wait_time_seconds,
