@@ -69,30 +69,53 @@ pub struct JobMessage {
 }
 
 /// How to render a page. Every field has a default, so `{}` is valid.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RenderOptions {
     /// Viewport width in CSS pixels.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 7680, default = 1280)
+    )]
     pub width: u32,
     /// Viewport height in CSS pixels.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 7680, default = 800)
+    )]
     pub height: u32,
     /// Device pixels per CSS pixel.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1.0, maximum = 4.0, default = 1.0)
+    )]
     pub device_scale_factor: f64,
     /// Capture the whole scrollable page instead of the viewport.
     pub full_page: bool,
     /// With `full_page`, the tallest capture in CSS pixels; longer pages are
     /// clipped.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 32768, default = 16384)
+    )]
     pub full_page_max_height: u32,
     /// Image encoding.
     pub format: ImageFormat,
     /// Quality of `jpeg` and `webp` (1..=100); not allowed with `png`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub quality: Option<u8>,
     /// When the page counts as ready.
     pub wait_for: WaitFor,
     /// Extra time to wait after `wait_for` holds, in milliseconds.
+    #[cfg_attr(feature = "openapi", schema(maximum = 10000, default = 0))]
     pub delay_ms: u32,
     /// Budget for navigation, waiting and capture together, in milliseconds.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1000, maximum = 120000, default = 30000)
+    )]
     pub timeout_ms: u32,
     /// Fail for good, without an image, when the page answers with an HTTP
     /// status of 400 or more (otherwise the error page is captured).
@@ -118,6 +141,7 @@ impl Default for RenderOptions {
 }
 
 /// Image encoding of the result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
@@ -165,6 +189,7 @@ impl fmt::Display for ImageFormat {
 /// The condition after which the page is captured.
 ///
 /// In JSON: `"load"`, `"network_idle"` or `{"selector": "css"}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitFor {

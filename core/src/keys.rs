@@ -85,6 +85,7 @@ impl KeyLayout {
 }
 
 /// Why a job failed for good. Stable snake_case names in JSON.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {

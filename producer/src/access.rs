@@ -50,6 +50,11 @@ impl Access {
         }
     }
 
+    /// Whether requests must carry one of the keys.
+    pub fn keys_required(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     fn authorised(&self, request: &Request) -> bool {
         if self.keys.is_empty() {
             return true;

@@ -6,6 +6,7 @@
 //! message on the queue. Status comes from S3 alone: the image, the failure
 //! record, or neither (pending).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
-use url2png_core::job::{ContractError, ErrorCode, JobMessage};
-use url2png_core::keys::{FailureRecord, KeyLayout};
+use url2png_core::job::{ContractError, ErrorCode, JobMessage, RenderOptions};
+use url2png_core::keys::{FailureReason, FailureRecord, KeyLayout};
 use url2png_core::policy::UrlPolicy;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::sender::Sender;
@@ -63,14 +65,21 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message, "field": self.field}})
+    fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.clone(),
+            message: self.message.clone(),
+            field: self.field.clone(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(self.body())).into_response();
+        let body = ErrorBody {
+            error: self.detail(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
@@ -169,12 +178,135 @@ pub fn job_from_value(value: Value, policy: &UrlPolicy) -> Result<JobMessage, Ap
     Ok(job)
 }
 
-#[derive(Debug, Serialize)]
-struct Accepted {
-    id: Uuid,
-    status: &'static str,
-    status_url: String,
-    image_url: String,
+/// A screenshot request: the URL and the render options, at the top level
+/// (`{"url": …, "width": 800}`) or in an `options` object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmitRequest {
+    /// The page to render: an absolute http or https URL that the URL
+    /// policy allows.
+    #[schema(max_length = 8192, example = "https://example.com/")]
+    pub url: String,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub options: RenderOptions,
+}
+
+/// Several screenshot requests; each is accepted or refused on its own.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchRequest {
+    #[schema(min_items = 1, max_items = 100)]
+    pub jobs: Vec<SubmitRequest>,
+}
+
+/// A job that is on the queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: Uuid,
+    /// Always `pending` on acceptance.
+    #[schema(example = "pending")]
+    pub status: &'static str,
+    /// Where to poll the job's status.
+    pub status_url: String,
+    /// Where the image will be (303 to it once done).
+    pub image_url: String,
+}
+
+/// The error body of every refusal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What was wrong, in words for people and a code for programs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code, such as `out_of_range` or
+    /// `blocked_by_policy`.
+    #[schema(example = "out_of_range")]
+    pub code: String,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[schema(example = "width")]
+    pub field: Option<String>,
+}
+
+/// The outcome of one job of a batch, in the order sent. An accepted job
+/// has the fields of a single submission's answer; a refused one has
+/// `error`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    pub accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "pending")]
+    pub status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+impl BatchItem {
+    fn accepted(job: Accepted) -> Self {
+        Self {
+            accepted: true,
+            id: Some(job.id),
+            status: Some(job.status),
+            status_url: Some(job.status_url),
+            image_url: Some(job.image_url),
+            error: None,
+        }
+    }
+
+    fn refused(error: &ApiError) -> Self {
+        Self {
+            accepted: false,
+            id: None,
+            status: None,
+            status_url: None,
+            image_url: None,
+            error: Some(error.detail()),
+        }
+    }
+}
+
+/// The answer to a batch: one result per job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchItem>,
+}
+
+/// Where a job stands, read from the bucket.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Not rendered yet (or the id is unknown).
+    Pending { id: Uuid },
+    /// The image exists.
+    Done {
+        id: Uuid,
+        /// A presigned GET URL for the image.
+        image_url: String,
+        /// How long `image_url` stays valid.
+        expires_in_seconds: u64,
+        content_type: Option<String>,
+        size_bytes: i64,
+        /// Facts the worker recorded with the image (its object metadata),
+        /// such as the final URL and the rendered size.
+        render: HashMap<String, String>,
+    },
+    /// The job failed for good; the failure record says why.
+    Failed {
+        id: Uuid,
+        reason: FailureReason,
+        message: String,
+        attempts: u32,
+        /// RFC 3339.
+        failed_at: Option<String>,
+    },
 }
 
 fn accepted(state: &AppState, job: &JobMessage) -> Accepted {
@@ -234,7 +366,27 @@ fn send_failed(state: &AppState, e: &crate::sender::SendError) -> ApiError {
     }
 }
 
-/// `POST /v1/screenshots`
+/// Submit one screenshot job.
+///
+/// The job is validated (render bounds and the URL policy) and queued; the
+/// answer names where its status and image will be.
+#[utoipa::path(
+    post,
+    path = "/v1/screenshots",
+    tag = "screenshots",
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued", body = Accepted,
+            headers(("Location" = String, description = "The status URL"))),
+        (status = 400, description = "Not JSON, or not an object", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "A field is out of bounds or the URL is refused", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -255,7 +407,25 @@ pub async fn submit(
     Ok(response)
 }
 
-/// `POST /v1/screenshots/batch` with `{"jobs": [...]}` (or a bare array).
+/// Submit up to 100 jobs at once; each is accepted or refused on its own.
+///
+/// Takes `{"jobs": [...]}` (or a bare array). The answer is 202 when at
+/// least one job was queued and 422 when none was.
+#[utoipa::path(
+    post,
+    path = "/v1/screenshots/batch",
+    tag = "screenshots",
+    request_body(content = BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "At least one job queued", body = BatchResponse),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "No job was queued, or `jobs` is not 1..=100 items", body = BatchResponse),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn submit_batch(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -299,26 +469,21 @@ pub async fn submit_batch(
         async move {
             let job = match job_from_value(value, &state.policy) {
                 Ok(job) => job,
-                Err(e) => return json!({"accepted": false, "error": e.body()["error"].clone()}),
+                Err(e) => return BatchItem::refused(&e),
             };
             match state.sender.send(job.clone()).await {
-                Ok(()) => {
-                    let mut v = serde_json::to_value(accepted(&state, &job)).unwrap_or_default();
-                    v["accepted"] = json!(true);
-                    v
-                }
-                Err(e) => json!({"accepted": false, "error": send_failed(&state, &e).body()["error"].clone()}),
+                Ok(()) => BatchItem::accepted(accepted(&state, &job)),
+                Err(e) => BatchItem::refused(&send_failed(&state, &e)),
             }
         }
     });
     let results = futures::future::join_all(sends).await;
-    let any = results.iter().any(|r| r["accepted"] == json!(true));
-    let status = if any {
+    let status = if results.iter().any(|r| r.accepted) {
         StatusCode::ACCEPTED
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((status, Json(json!({"results": results}))).into_response())
+    Ok((status, Json(BatchResponse { results })).into_response())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -400,7 +565,19 @@ async fn presign(state: &AppState, key: &str) -> Result<String, ApiError> {
     Ok(request.uri().to_owned())
 }
 
-/// `GET /v1/screenshots/{id}`
+/// A job's status: pending, done (with a presigned image URL) or failed.
+#[utoipa::path(
+    get,
+    path = "/v1/screenshots/{id}",
+    tag = "screenshots",
+    params(("id" = Uuid, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "Where the job stands", body = JobStatus),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 503, description = "The bucket is unreachable; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn status(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -416,35 +593,53 @@ pub async fn status(
                 .send()
                 .await
                 .ok();
-            let facts = head
-                .as_ref()
-                .and_then(|h| h.metadata())
-                .map(|m| json!(m))
-                .unwrap_or(json!({}));
-            json!({
-                "id": id,
-                "status": "done",
-                "image_url": presign(&state, &key).await?,
-                "expires_in_seconds": state.presign_lifetime.as_secs(),
-                "content_type": head.as_ref().and_then(|h| h.content_type()),
-                "size_bytes": size,
-                "render": facts,
-            })
+            JobStatus::Done {
+                id,
+                image_url: presign(&state, &key).await?,
+                expires_in_seconds: state.presign_lifetime.as_secs(),
+                content_type: head
+                    .as_ref()
+                    .and_then(|h| h.content_type())
+                    .map(str::to_owned),
+                size_bytes: size,
+                render: head
+                    .and_then(|h| h.metadata)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            }
         }
-        Status::Failed(record) => json!({
-            "id": id,
-            "status": "failed",
-            "reason": record.reason,
-            "message": record.message,
-            "attempts": record.attempts,
-            "failed_at": record.failed_at.format(&time::format_description::well_known::Rfc3339).ok(),
-        }),
-        Status::Pending => json!({"id": id, "status": "pending"}),
+        Status::Failed(record) => JobStatus::Failed {
+            id,
+            reason: record.reason,
+            message: record.message,
+            attempts: record.attempts,
+            failed_at: record
+                .failed_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok(),
+        },
+        Status::Pending => JobStatus::Pending { id },
     };
     Ok(Json(body).into_response())
 }
 
-/// `GET /v1/screenshots/{id}/image`
+/// The image: a redirect to a presigned URL once it exists.
+#[utoipa::path(
+    get,
+    path = "/v1/screenshots/{id}/image",
+    tag = "screenshots",
+    params(("id" = Uuid, Path, description = "The job id")),
+    responses(
+        (status = 303, description = "Done; Location is a presigned GET URL",
+            headers(("Location" = String))),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "Not rendered yet; see Retry-After", body = ErrorBody),
+        (status = 410, description = "The job failed; the code is the failure reason", body = ErrorBody),
+        (status = 503, description = "The bucket is unreachable; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn image(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

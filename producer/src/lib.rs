@@ -5,6 +5,7 @@
 //! - [`api`]: the routes and their errors;
 //! - [`access`]: API keys, rate limit, request timeout;
 //! - [`sender`]: coalesced `SendMessageBatch` calls;
+//! - [`openapi`]: `GET /openapi.json`, generated from [`api`];
 //! - [`cli`]: `url2png-producer submit`.
 //!
 //! [`Producer::start`] takes its configuration and AWS clients as values,
@@ -13,6 +14,7 @@
 pub mod access;
 pub mod api;
 pub mod cli;
+pub mod openapi;
 pub mod sender;
 
 use std::net::SocketAddr;
@@ -27,7 +29,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use clap::Parser;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 use url2png_core::aws::{AwsOptions, Clients};
 use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs, parse_addr};
@@ -103,6 +105,12 @@ pub struct Config {
     /// Retry-After given with 503 and with 404 while pending, in seconds.
     #[arg(long, env = "URL2PNG_RETRY_AFTER_SECONDS", default_value_t = 2)]
     pub retry_after_seconds: u64,
+
+    /// After SIGTERM, how long requests in flight get to finish, in
+    /// seconds; new connections are refused at once. Keep it below the
+    /// container's stop timeout.
+    #[arg(long, env = "URL2PNG_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Config {
@@ -135,7 +143,11 @@ impl Config {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let clients = Clients::load(&AwsOptions::default()).await;
-    Producer::start(config, clients).await?.run(shutdown).await
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    Producer::start(config, clients)
+        .await?
+        .run(shutdown, grace)
+        .await
 }
 
 /// HTTP metrics.
@@ -143,6 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 struct HttpMetrics {
     requests: IntCounterVec,
     seconds: HistogramVec,
+    in_flight: IntGauge,
 }
 
 /// A started producer: listener bound, sender running.
@@ -176,6 +189,10 @@ impl Producer {
                 ]),
                 &["route"],
             )?,
+            in_flight: IntGauge::with_opts(
+                Opts::new("http_requests_in_flight", "HTTP requests being served now.")
+                    .namespace(ns),
+            )?,
         };
         let sender_metrics = SenderMetrics {
             batch_size: Histogram::with_opts(
@@ -190,6 +207,7 @@ impl Producer {
         };
         registry.register(Box::new(http.requests.clone()))?;
         registry.register(Box::new(http.seconds.clone()))?;
+        registry.register(Box::new(http.in_flight.clone()))?;
         registry.register(Box::new(sender_metrics.batch_size.clone()))?;
         registry.register(Box::new(sender_metrics.sqs_requests.clone()))?;
 
@@ -229,6 +247,12 @@ impl Producer {
                 }
             }
         };
+        let access = Arc::new(access::Access::new(
+            &config.api_keys,
+            config.rate_limit_per_minute,
+            config.trust_forwarded_for,
+            Duration::from_secs(config.request_timeout_seconds.max(1)),
+        ));
         let api = Router::new()
             .route("/v1/screenshots", post(api::submit))
             .route("/v1/screenshots/batch", post(api::submit_batch))
@@ -239,17 +263,13 @@ impl Producer {
             ))
             .with_state(state)
             .layer(middleware::from_fn_with_state(
-                Arc::new(access::Access::new(
-                    &config.api_keys,
-                    config.rate_limit_per_minute,
-                    config.trust_forwarded_for,
-                    Duration::from_secs(config.request_timeout_seconds.max(1)),
-                )),
+                access.clone(),
                 access::guard,
             ))
             .route("/", get(index))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
+            .merge(openapi::router(access.keys_required()))
             .layer(middleware::from_fn_with_state(http, record))
             .merge(url2png_core::telemetry::metrics_router(registry.clone()));
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -274,16 +294,26 @@ impl Producer {
         &self.registry
     }
 
-    /// Serve until `shutdown`, then finish the requests in flight.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serve until `shutdown`, then give the requests in flight up to
+    /// `grace` to finish.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "producer listening");
-        axum::serve(
+        let serve = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tracing::info!(grace = ?grace, "shutting down: no new connections; finishing requests in flight");
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serve => served?,
+            () = deadline => tracing::warn!("requests still in flight after the grace period; exiting"),
+        }
+        tracing::info!("producer stopped");
         Ok(())
     }
 }
@@ -301,6 +331,10 @@ async fn record(State(metrics): State<HttpMetrics>, request: Request, next: Next
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
+    metrics.in_flight.inc();
+    // Decremented on drop, so a request whose client went away still counts
+    // out.
+    let _in_flight = InFlight(&metrics.in_flight);
     let response = next.run(request).await;
     metrics
         .requests
@@ -311,4 +345,13 @@ async fn record(State(metrics): State<HttpMetrics>, request: Request, next: Next
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Decrements a gauge when dropped.
+struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -80,7 +80,7 @@ async fn measure(args: &Args, flags: &[&str], fixed_rate: Option<f64>) -> anyhow
     let producer = Producer::start(Config::try_parse_from(argv)?, aws.clients.clone()).await?;
     let addr = producer.local_addr();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(producer.run(stop.clone()));
+    let server = tokio::spawn(producer.run(stop.clone(), Duration::from_secs(5)));
 
     // Saturation: a fixed number of requests, `concurrency` at a time.
     let next = Arc::new(AtomicUsize::new(0));

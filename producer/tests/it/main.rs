@@ -41,7 +41,7 @@ async fn start(aws: &TestAws, extra: &[&str]) -> Running {
     let addr = producer.local_addr();
     let registry = producer.registry().clone();
     let shutdown = CancellationToken::new();
-    tokio::spawn(producer.run(shutdown.clone()));
+    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
     Running {
         addr,
         registry,
@@ -539,7 +539,7 @@ async fn an_unreachable_queue_gives_503_with_retry_after() {
         .unwrap();
     let addr = producer.local_addr();
     let shutdown = CancellationToken::new();
-    tokio::spawn(producer.run(shutdown.clone()));
+    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
     let (status, headers, body) = tokio::time::timeout(
         Duration::from_secs(60),
         post_json(
@@ -809,4 +809,246 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
     test_browser.close().await;
     stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// Every property of a schema, following `$ref`s.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or(&Value::Null),
+        None => schema,
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_what_the_api_does() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &[]).await;
+    let (status, headers, body) = http(producer.addr, "GET", "/openapi.json", None, b"").await;
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type").is_some_and(|c| c.starts_with("application/json")));
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc.get("security").is_none(), "no keys configured");
+    for (path, method) in [
+        ("/v1/screenshots", "post"),
+        ("/v1/screenshots/batch", "post"),
+        ("/v1/screenshots/{id}", "get"),
+        ("/v1/screenshots/{id}/image", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is described"
+        );
+    }
+
+    // The request schema names exactly the fields the API takes.
+    let request = resolve(
+        &doc,
+        &doc["paths"]["/v1/screenshots"]["post"]["requestBody"]["content"]["application/json"]["schema"],
+    );
+    let properties = request["properties"].as_object().unwrap();
+    let mut documented: Vec<&str> = properties.keys().map(String::as_str).collect();
+    documented.sort_unstable();
+    let defaults = serde_json::to_value(url2png_core::RenderOptions::default()).unwrap();
+    let mut taken: Vec<&str> = defaults
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .chain(["url", "quality"])
+        .collect();
+    taken.sort_unstable();
+    assert_eq!(documented, taken);
+    assert_eq!(request["required"], json!(["url"]));
+    assert_eq!(request["additionalProperties"], json!(false));
+    let (status, _, _) = post_json(
+        producer.addr,
+        "/v1/screenshots",
+        &json!({"url": "https://example.com/", "colour": "blue"}),
+    )
+    .await;
+    assert!(
+        (400..500).contains(&status),
+        "an undocumented field is refused"
+    );
+
+    // Every documented default is the contract's default, and every
+    // documented bound is the one enforced: the bound is accepted, one step
+    // past it is refused with that field named.
+    for (name, schema) in properties {
+        if let Some(default) = schema.get("default")
+            && !default.is_null()
+        {
+            assert_eq!(default, &defaults[name], "default of {name}");
+        }
+        let base = if name == "quality" {
+            json!({"url": "https://example.com/", "format": "jpeg"})
+        } else {
+            json!({"url": "https://example.com/"})
+        };
+        for (bound, step) in [("minimum", -1.0), ("maximum", 1.0)] {
+            let Some(limit) = schema.get(bound).and_then(Value::as_f64) else {
+                continue;
+            };
+            let mut at = base.clone();
+            at[name] = json!(limit);
+            if schema["type"] == "integer" || schema["type"][0] == "integer" {
+                at[name] = json!(limit as i64);
+            }
+            let (status, _, body) = post_json(producer.addr, "/v1/screenshots", &at).await;
+            assert_eq!(status, 202, "{name} = {bound} {limit}: {body}");
+            let mut past = at.clone();
+            past[name] = if at[name].is_i64() {
+                json!(at[name].as_i64().unwrap() + step as i64)
+            } else {
+                json!(limit + step * 0.01)
+            };
+            let (status, _, body) = post_json(producer.addr, "/v1/screenshots", &past).await;
+            assert!(
+                (400..500).contains(&status),
+                "{name} past its {bound}: {status} {body}"
+            );
+            if status == 422 {
+                assert_eq!(body["error"]["field"], json!(name), "{body}");
+            }
+        }
+    }
+
+    // The answer has the documented shape.
+    let accepted = resolve(
+        &doc,
+        &doc["paths"]["/v1/screenshots"]["post"]["responses"]["202"]["content"]["application/json"]
+            ["schema"],
+    );
+    let (_, _, body) = post_json(
+        producer.addr,
+        "/v1/screenshots",
+        &json!({"url": "https://example.com/"}),
+    )
+    .await;
+    for field in accepted["required"].as_array().unwrap() {
+        assert!(
+            body.get(field.as_str().unwrap()).is_some(),
+            "{field} in {body}"
+        );
+    }
+
+    // With API keys the document says so, and stays readable without one.
+    let keyed = start(&aws, &["--api-keys", "k1"]).await;
+    let (status, body) = get_json(keyed.addr, "/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["security"], json!([{"api_key": []}]));
+    assert_eq!(
+        body["components"]["securitySchemes"]["api_key"]["scheme"],
+        "bearer"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn scraped(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
+    use std::process::Stdio;
+    let aws = TestAws::start().await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
+        .env("AWS_ENDPOINT_URL", aws.moto.endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("URL2PNG_QUEUE_URL", &aws.queue.url)
+        .env("URL2PNG_BUCKET", &aws.bucket)
+        .env("URL2PNG_PRODUCER_LISTEN", addr.to_string())
+        .env("URL2PNG_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let metrics = || async move {
+        let (status, _, body) = http(addr, "GET", "/metrics", None, b"").await;
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    };
+    let ready = async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("the producer listens");
+
+    // A request whose body is still arriving when SIGTERM comes.
+    let body = json!({"url": "https://example.com/in-flight"}).to_string();
+    let (first, rest) = body.as_bytes().split_at(10);
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /v1/screenshots HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.write_all(first).await.unwrap();
+    let in_flight = async {
+        // Scrapes of /metrics are not counted.
+        while scraped(&metrics().await, "url2png_producer_http_requests_in_flight") != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the slow request is being served");
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refused)
+        .await
+        .expect("new connections are refused after SIGTERM");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the producer waits for the request in flight"
+    );
+
+    slow.write_all(rest).await.unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).await.unwrap();
+    let response = String::from_utf8_lossy(&raw);
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the producer exits once the request is done")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let queued = drain(&aws).await;
+    assert_eq!(queued.len(), 1);
+    assert!(
+        response.contains(&queued[0].id.to_string()),
+        "the answered job is the queued one"
+    );
 }
