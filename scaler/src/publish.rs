@@ -131,6 +131,41 @@ impl Metrics {
     }
 }
 
+/// One CloudWatch Embedded Metric Format record: the datapoints of a tick
+/// with their dimensions, for a log pipeline that extracts metrics from
+/// logs (no API call).
+pub fn emf_line(
+    namespace: &str,
+    dims: &[(&str, &str)],
+    values: &[(&str, f64)],
+    at: SystemTime,
+    resolution: i32,
+) -> serde_json::Value {
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut line = json!({
+        "_aws": {
+            "Timestamp": millis,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [dims.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
+                "Metrics": values.iter().map(|(name, _)| json!({
+                    "Name": name, "Unit": "Count", "StorageResolution": resolution,
+                })).collect::<Vec<_>>(),
+            }],
+        },
+    });
+    for (k, v) in dims {
+        line[*k] = json!(v);
+    }
+    for (name, value) in values {
+        line[*name] = json!(value);
+    }
+    line
+}
+
 /// What one tick did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tick {
@@ -318,29 +353,10 @@ impl Publisher {
         let now = SystemTime::now();
         let resolution = if s.high_resolution { 1 } else { 60 };
         if s.emf {
-            let millis = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            let mut line = json!({
-                "_aws": {
-                    "Timestamp": millis,
-                    "CloudWatchMetrics": [{
-                        "Namespace": s.namespace,
-                        "Dimensions": [dims.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
-                        "Metrics": values.iter().map(|(name, _)| json!({
-                            "Name": name, "Unit": "Count", "StorageResolution": resolution,
-                        })).collect::<Vec<_>>(),
-                    }],
-                },
-            });
-            for (k, v) in &dims {
-                line[*k] = json!(v);
-            }
-            for (name, value) in &values {
-                line[*name] = json!(value);
-            }
-            println!("{line}");
+            println!(
+                "{}",
+                emf_line(&s.namespace, &dims, &values, now, resolution)
+            );
         }
         if !s.to_cloudwatch {
             return Ok(());
@@ -482,5 +498,33 @@ impl Publisher {
             .inc();
         tracing::info!("queue idle for the cool-down: scaled the service to zero");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_names_every_metric_and_dimension_with_its_value() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let line = emf_line(
+            "url2png",
+            &[("cluster", "fleet"), ("queue", "jobs")],
+            &[("BacklogPerTask", 4.5), ("RunningTaskCount", 2.0)],
+            at,
+            1,
+        );
+        let meta = &line["_aws"];
+        assert_eq!(meta["Timestamp"], 1_700_000_000_000u64);
+        let directive = &meta["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "url2png");
+        assert_eq!(directive["Dimensions"], json!([["cluster", "queue"]]));
+        assert_eq!(directive["Metrics"][0]["Name"], "BacklogPerTask");
+        assert_eq!(directive["Metrics"][1]["StorageResolution"], 1);
+        assert_eq!(line["cluster"], "fleet");
+        assert_eq!(line["queue"], "jobs");
+        assert_eq!(line["BacklogPerTask"], 4.5);
+        assert_eq!(line["RunningTaskCount"], 2.0);
     }
 }
