@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Create the fleet's queue, dead-letter queue and bucket in an AWS endpoint.
+"""Create the fleet's queue, dead-letter queue, bucket and (for the scaler)
+an ECS cluster with a worker service in an AWS endpoint.
 
 Used by script/server against a local moto_server, and by the compose
 file's one-shot init container. Idempotent: existing resources are kept.
@@ -11,8 +12,13 @@ Settings (environment):
   URL2PNG_MAX_RECEIVE_COUNT     receives before a message is dead-lettered (default 5)
   URL2PNG_VISIBILITY_TIMEOUT    main queue visibility timeout, seconds (default 60)
   URL2PNG_BUCKET                bucket name (default url2png-images)
+  URL2PNG_ECS_CLUSTER           ECS cluster name (default url2png)
+  URL2PNG_ECS_SERVICE           worker service name (default url2png-worker)
 
-Prints the queue URL, DLQ URL and bucket as KEY=VALUE lines.
+The ECS service stands for the worker service the scaler sizes; in an
+emulator it runs nothing (the worker runs as a process beside it).
+
+Prints the queue URL, DLQ URL, bucket, cluster and service as KEY=VALUE lines.
 """
 import json
 import os
@@ -53,9 +59,26 @@ def main() -> int:
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
 
+    cluster = os.environ.get("URL2PNG_ECS_CLUSTER", "url2png")
+    service = os.environ.get("URL2PNG_ECS_SERVICE", "url2png-worker")
+    ecs = boto3.client("ecs", endpoint_url=endpoint, region_name=region)
+    ecs.create_cluster(clusterName=cluster)
+    ecs.register_task_definition(
+        family=service,
+        containerDefinitions=[{"name": "worker", "image": "url2png-worker", "memory": 2048}],
+    )
+    found = ecs.describe_services(cluster=cluster, services=[service])["services"]
+    if not any(s.get("status") == "ACTIVE" for s in found):
+        ecs.create_service(
+            cluster=cluster, serviceName=service, taskDefinition=service, desiredCount=1
+        )
+        ecs.update_service(cluster=cluster, service=service, desiredCount=1)
+
     print(f"URL2PNG_QUEUE_URL={queue_url}")
     print(f"URL2PNG_DLQ_URL={dlq_url}")
     print(f"URL2PNG_BUCKET={bucket}")
+    print(f"URL2PNG_ECS_CLUSTER={cluster}")
+    print(f"URL2PNG_ECS_SERVICE={service}")
     return 0
 
 
