@@ -38,6 +38,9 @@ pub struct AppState {
     pub layout: KeyLayout,
     pub policy: UrlPolicy,
     pub presign_lifetime: Duration,
+    /// The client that signs image URLs: `s3`, or one for the S3 endpoint
+    /// clients reach when it differs from the producer's.
+    pub presign_s3: aws_sdk_s3::Client,
     /// Where this API is reachable from clients, for the URLs it returns
     /// (empty: relative URLs).
     pub public_url: String,
@@ -555,7 +558,7 @@ async fn presign(state: &AppState, key: &str) -> Result<String, ApiError> {
     let config = PresigningConfig::expires_in(state.presign_lifetime)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let request = state
-        .s3
+        .presign_s3
         .get_object()
         .bucket(&state.bucket)
         .key(key)

@@ -71,6 +71,13 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_SEND_LINGER_MS", default_value_t = 5)]
     pub send_linger_ms: u64,
 
+    /// S3 endpoint that image URLs are signed for, when clients reach S3 at
+    /// another address than the producer does (for example a local
+    /// emulator: `moto:5000` inside compose, `localhost:5000` in the
+    /// browser); empty: the producer's own.
+    #[arg(long, env = "URL2PNG_PRESIGN_ENDPOINT_URL", default_value = "")]
+    pub presign_endpoint_url: String,
+
     /// Lifetime of presigned image URLs, in seconds (1..=604800).
     #[arg(long, env = "URL2PNG_PRESIGN_SECONDS", default_value_t = 900)]
     pub presign_seconds: u64,
@@ -225,6 +232,19 @@ impl Producer {
             layout: config.store.layout().map_err(anyhow::Error::msg)?,
             policy: config.policy.policy().map_err(anyhow::Error::msg)?,
             presign_lifetime: Duration::from_secs(config.presign_seconds),
+            presign_s3: if config.presign_endpoint_url.is_empty() {
+                clients.s3.clone()
+            } else {
+                aws_sdk_s3::Client::from_conf(
+                    clients
+                        .s3
+                        .config()
+                        .to_builder()
+                        .endpoint_url(&config.presign_endpoint_url)
+                        .force_path_style(true)
+                        .build(),
+                )
+            },
             public_url: config.public_url.clone(),
             retry_after_secs: config.retry_after_seconds,
         });

@@ -420,6 +420,19 @@ async fn status_follows_what_the_worker_stores() {
 
     let (status, body) = get_json(producer.addr, "/v1/screenshots/not-a-uuid").await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("id")));
+
+    // Image URLs signed for the endpoint clients reach.
+    let public = start(
+        &aws,
+        &["--presign-endpoint-url", "http://images.example.test:5000"],
+    )
+    .await;
+    let (_, body) = get_json(public.addr, &format!("/v1/screenshots/{done}")).await;
+    let url = body["image_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://images.example.test:5000/{}/", aws.bucket)),
+        "{url}"
+    );
 }
 
 #[tokio::test]
