@@ -82,3 +82,36 @@ pub fn svg(outcome: &Outcome, path: &Path) -> anyhow::Result<()> {
     root.present().context("writing the SVG")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::TargetTracking;
+    use crate::sim::{Processing, Profile, Scenario, simulate};
+
+    #[test]
+    fn the_plot_is_an_svg_with_the_three_charts() {
+        let outcome = simulate(&Scenario {
+            profile: Profile::parse("steady:3:600").unwrap(),
+            processing: Processing::Fixed(1.0),
+            concurrency: 2,
+            startup: 30,
+            policy: TargetTracking::default(),
+            include_in_flight: true,
+            activation_threshold: 0,
+            wake_tasks: 1,
+            initial_tasks: 0,
+            seed: 1,
+        });
+        let dir = std::env::temp_dir().join(format!("url2png-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plot.svg");
+        super::svg(&outcome, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
+        for title in ["backlog", "tasks running", "slowest job"] {
+            assert!(text.contains(title), "{title}");
+        }
+        assert!(text.matches("<polyline").count() >= 4, "four lines");
+    }
+}
