@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""The task definitions in deploy/task-definitions/, generated from the
+CloudFormation template so the two cannot disagree, and checked against
+the local emulator.
+
+  task_definitions.py --write     regenerate deploy/task-definitions/*.json
+  task_definitions.py --check     fail if the files differ from the template
+  task_definitions.py --register ENDPOINT
+                                  register each (placeholders filled)
+                                  against ECS at ENDPOINT
+  task_definitions.py --stack ENDPOINT
+                                  create the stack in CloudFormation at
+                                  ENDPOINT (a VPC and subnets made there)
+                                  and check what it made
+
+In the files, parameters of the template appear with their defaults, and
+what the stack creates appears as a placeholder, `${JobQueueUrl}` for
+instance: fill them (envsubst, sed) before `aws ecs register-task-definition
+--cli-input-json file://…`.
+"""
+import json
+import pathlib
+import sys
+
+from cfnlint.decode import decode_str
+
+HERE = pathlib.Path(__file__).resolve().parent
+TEMPLATE = HERE / "url2png.yaml"
+OUT = HERE / "task-definitions"
+TASKS = {
+    "ProducerTaskDefinition": "producer",
+    "WorkerTaskDefinition": "worker",
+    "ScalerTaskDefinition": "scaler",
+}
+# What the stack creates, as placeholders.
+PLACEHOLDERS = {
+    "JobQueue": "${JobQueueUrl}",
+    "ImageBucket": "${BucketName}",
+    "Cluster": "${ClusterName}",
+    "LogGroup": "${LogGroupName}",
+    "AWS::Region": "${AwsRegion}",
+    "ExecutionRole.Arn": "${ExecutionRoleArn}",
+    "ProducerRole.Arn": "${ProducerTaskRoleArn}",
+    "WorkerRole.Arn": "${WorkerTaskRoleArn}",
+    "ScalerRole.Arn": "${ScalerTaskRoleArn}",
+}
+# Keys whose own keys are data, not API fields.
+DATA_KEYS = {"options"}
+
+
+def resolve(value, params):
+    if isinstance(value, dict) and len(value) == 1:
+        (fn, arg), = value.items()
+        if fn == "Ref":
+            if arg in params:
+                if "Default" not in params[arg]:
+                    return "${" + arg + "}"
+                return str(params[arg]["Default"])
+            return PLACEHOLDERS[arg]
+        if fn == "Fn::GetAtt":
+            name = ".".join(arg) if isinstance(arg, list) else arg
+            return PLACEHOLDERS[name]
+        if fn.startswith("Fn::"):
+            raise SystemExit(f"{fn} is not supported in task definitions")
+    if isinstance(value, dict):
+        return {k: resolve(v, params) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, params) for v in value]
+    return value
+
+
+def camel(value, data=False):
+    if isinstance(value, dict):
+        return {
+            (k if data else k[:1].lower() + k[1:]): camel(v, (k[:1].lower() + k[1:]) in DATA_KEYS)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [camel(v) for v in value]
+    return value
+
+
+def as_api(properties):
+    """CloudFormation's properties → RegisterTaskDefinition's input."""
+    task = camel(properties)
+    for key in ("cpu", "memory"):
+        task[key] = str(task[key])
+    for container in task["containerDefinitions"]:
+        for pair in container.get("environment", []):
+            pair["value"] = str(pair["value"])
+    return task
+
+
+def generate():
+    template, matches = decode_str(TEMPLATE.read_text())
+    if matches:
+        raise SystemExit(f"cannot read {TEMPLATE}: {matches}")
+    params = template.get("Parameters", {})
+    out = {}
+    for logical, name in TASKS.items():
+        properties = template["Resources"][logical]["Properties"]
+        out[name] = json.dumps(as_api(resolve(properties, params)), indent=2) + "\n"
+    return out
+
+
+def fill(text, account="123456789012", region="us-east-1"):
+    values = {
+        "JobQueueUrl": f"https://sqs.{region}.amazonaws.com/{account}/url2png-jobs",
+        "BucketName": "url2png-images",
+        "ClusterName": "url2png",
+        "LogGroupName": "url2png",
+        "AwsRegion": region,
+        "ExecutionRoleArn": f"arn:aws:iam::{account}:role/url2png-execution",
+        "ProducerTaskRoleArn": f"arn:aws:iam::{account}:role/url2png-producer",
+        "WorkerTaskRoleArn": f"arn:aws:iam::{account}:role/url2png-worker",
+        "ScalerTaskRoleArn": f"arn:aws:iam::{account}:role/url2png-scaler",
+        "ProducerImage": f"{account}.dkr.ecr.{region}.amazonaws.com/url2png-producer:latest",
+        "WorkerImage": f"{account}.dkr.ecr.{region}.amazonaws.com/url2png-worker:latest",
+        "ScalerImage": f"{account}.dkr.ecr.{region}.amazonaws.com/url2png-scaler:latest",
+    }
+    for key, value in values.items():
+        text = text.replace("${" + key + "}", value)
+    assert "${" not in text, text
+    return text
+
+
+def main(argv):
+    mode = argv[1] if len(argv) > 1 else "--check"
+    generated = generate()
+    if mode == "--write":
+        OUT.mkdir(exist_ok=True)
+        for name, text in generated.items():
+            (OUT / f"{name}.json").write_text(text)
+        return 0
+    if mode == "--check":
+        stale = [n for n, t in generated.items() if not (OUT / f"{n}.json").exists() or (OUT / f"{n}.json").read_text() != t]
+        if stale:
+            print(f"deploy/task-definitions out of date for {stale}: run deploy/task_definitions.py --write", file=sys.stderr)
+            return 1
+        return 0
+    if mode == "--register":
+        import boto3
+
+        ecs = boto3.client("ecs", endpoint_url=argv[2], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        for name in TASKS.values():
+            task = json.loads(fill((OUT / f"{name}.json").read_text()))
+            arn = ecs.register_task_definition(**task)["taskDefinition"]["taskDefinitionArn"]
+            print(f"registered {arn}")
+        return 0
+    if mode == "--stack":
+        return create_stack(argv[2])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+def create_stack(endpoint):
+    import boto3
+
+    session = boto3.Session(region_name="us-east-1", aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+    client = lambda name: session.client(name, endpoint_url=endpoint)  # noqa: E731
+    ec2, cfn, sqs, s3, ecs = (client(n) for n in ("ec2", "cloudformation", "sqs", "s3", "ecs"))
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24")["Subnet"]["SubnetId"]
+        for i in range(4)
+    ]
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/url2png-{}:latest"
+    cfn.create_stack(
+        StackName="url2png",
+        TemplateBody=TEMPLATE.read_text(),
+        Capabilities=["CAPABILITY_IAM"],
+        Parameters=[
+            {"ParameterKey": "VpcId", "ParameterValue": vpc},
+            {"ParameterKey": "PublicSubnetIds", "ParameterValue": ",".join(subnets[:2])},
+            {"ParameterKey": "PrivateSubnetIds", "ParameterValue": ",".join(subnets[2:])},
+            {"ParameterKey": "ProducerImage", "ParameterValue": image.format("producer")},
+            {"ParameterKey": "WorkerImage", "ParameterValue": image.format("worker")},
+            {"ParameterKey": "ScalerImage", "ParameterValue": image.format("scaler")},
+            {"ParameterKey": "MaxReceiveCount", "ParameterValue": "4"},
+        ],
+    )
+    stack = cfn.describe_stacks(StackName="url2png")["Stacks"][0]
+    status = stack["StackStatus"]
+    if status != "CREATE_COMPLETE":
+        events = cfn.describe_stack_events(StackName="url2png")["StackEvents"]
+        reasons = [e.get("ResourceStatusReason") for e in events if e.get("ResourceStatusReason")]
+        raise SystemExit(f"stack {status}: {reasons}")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    for key in ("ServiceUrl", "QueueUrl", "DeadLetterQueueUrl", "BucketName", "ClusterName"):
+        assert outputs.get(key), f"output {key} missing: {outputs}"
+    attributes = sqs.get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 4, redrive
+    assert attributes["MaximumMessageSize"] == "1048576", attributes
+    assert attributes["VisibilityTimeout"] == "60", attributes
+    s3.head_bucket(Bucket=outputs["BucketName"])
+    services = ecs.list_services(cluster=outputs["ClusterName"])["serviceArns"]
+    names = sorted(arn.rsplit("/", 1)[-1] for arn in services)
+    assert names == ["url2png-producer", "url2png-scaler", "url2png-worker"], names
+    families = {
+        arn.rsplit("/", 1)[-1].split(":")[0]
+        for arn in ecs.list_task_definitions()["taskDefinitionArns"]
+    }
+    assert {"url2png-producer", "url2png-worker", "url2png-scaler"} <= families, families
+    print(f"stack created: {sorted(outputs)}; services {names}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
