@@ -326,3 +326,271 @@ async fn a_redelivery_of_a_stored_job_is_acknowledged_without_rendering() {
     assert_eq!(get(&aws, &key).await, b"stored before");
     worker.stop().await;
 }
+
+/// At least 200 bodies: every field of a valid job replaced by wrong
+/// types and out-of-range values, every prefix of a valid body, and
+/// structural attacks. Each carries its own id where it has one.
+fn hostile_corpus() -> Vec<String> {
+    let valid = |id: uuid::Uuid| {
+        serde_json::json!({
+            "version": 1,
+            "id": id,
+            "url": "https://example.com/",
+            "options": {"width": 800, "height": 600, "format": "jpeg", "quality": 80},
+        })
+    };
+    let mut bodies = Vec::new();
+    let wrong: Vec<(&str, Vec<serde_json::Value>)> = vec![
+        (
+            "version",
+            vec![
+                0.into(),
+                2.into(),
+                (-1).into(),
+                1.5.into(),
+                "1".into(),
+                serde_json::Value::Null,
+                true.into(),
+            ],
+        ),
+        (
+            "id",
+            vec![
+                "nope".into(),
+                "".into(),
+                5.into(),
+                serde_json::Value::Null,
+                "7a1f0c3e-5d2b-4c1a-9e8f".into(),
+            ],
+        ),
+        (
+            "url",
+            vec![
+                "".into(),
+                "relative/path".into(),
+                "http://".into(),
+                "file:///etc/passwd".into(),
+                "data:text/html,<h1>x</h1>".into(),
+                "javascript:alert(1)".into(),
+                "chrome://settings".into(),
+                "view-source:https://example.com/".into(),
+                "blob:https://example.com/x".into(),
+                "ftp://example.com/".into(),
+                "about:blank".into(),
+                5.into(),
+                serde_json::Value::Null,
+                "http://127.0.0.2/".into(),
+                "http://169.254.169.254/latest/meta-data/".into(),
+                "http://[::ffff:127.0.0.2]/".into(),
+                "http://2130706434/".into(),
+                "http://0x7f.2/".into(),
+                "http://10.0.0.1/".into(),
+                "http://[fd00::1]/".into(),
+                format!("https://example.com/{}", "a".repeat(9000)).into(),
+            ],
+        ),
+    ];
+    for (field, values) in &wrong {
+        for value in values {
+            let mut body = valid(uuid::Uuid::new_v4());
+            body[*field] = value.clone();
+            bodies.push(body.to_string());
+        }
+    }
+    let options: Vec<(&str, Vec<serde_json::Value>)> = vec![
+        (
+            "width",
+            vec![
+                0.into(),
+                (-1).into(),
+                7681.into(),
+                1.5.into(),
+                "800".into(),
+                serde_json::Value::Null,
+                true.into(),
+                serde_json::json!([]),
+                4_294_967_296u64.into(),
+            ],
+        ),
+        (
+            "height",
+            vec![0.into(), 7681.into(), "600".into(), serde_json::json!({})],
+        ),
+        (
+            "device_scale_factor",
+            vec![
+                0.into(),
+                0.5.into(),
+                4.01.into(),
+                "2".into(),
+                serde_json::Value::Null,
+                1e300.into(),
+            ],
+        ),
+        (
+            "full_page",
+            vec!["yes".into(), 1.into(), serde_json::Value::Null],
+        ),
+        (
+            "full_page_max_height",
+            vec![0.into(), 32_769.into(), (-5).into()],
+        ),
+        (
+            "format",
+            vec![
+                "gif".into(),
+                "PNG".into(),
+                1.into(),
+                serde_json::Value::Null,
+                "".into(),
+            ],
+        ),
+        (
+            "quality",
+            vec![0.into(), 101.into(), (-1).into(), "80".into(), 80.5.into()],
+        ),
+        (
+            "wait_for",
+            vec![
+                "idle".into(),
+                5.into(),
+                serde_json::json!({"selector": ""}),
+                serde_json::json!({"selector": 1}),
+                serde_json::json!({"xpath": "//a"}),
+                serde_json::json!({"selector": "a".repeat(1025)}),
+                serde_json::json!({"selector": "a", "extra": 1}),
+                serde_json::json!(["load"]),
+            ],
+        ),
+        (
+            "delay_ms",
+            vec![(-1).into(), 10_001.into(), "0".into(), 30_000.into()],
+        ),
+        (
+            "timeout_ms",
+            vec![999.into(), 120_001.into(), 0.into(), "30000".into()],
+        ),
+        ("fail_on_http_error", vec!["true".into(), 1.into()]),
+        ("colour", vec!["blue".into()]),
+    ];
+    for (field, values) in &options {
+        for value in values {
+            let mut body = valid(uuid::Uuid::new_v4());
+            body["options"][*field] = value.clone();
+            bodies.push(body.to_string());
+        }
+    }
+    // Combinations that are each in range but not together.
+    for extra in [
+        serde_json::json!({"width": 7680, "height": 7680, "device_scale_factor": 2}),
+        serde_json::json!({"format": "png", "quality": 80}),
+        serde_json::json!({"delay_ms": 5000, "timeout_ms": 5000}),
+    ] {
+        let mut body = valid(uuid::Uuid::new_v4());
+        body["options"] = extra;
+        bodies.push(body.to_string());
+    }
+    // Every prefix of a valid body is broken JSON.
+    let whole = valid(uuid::Uuid::new_v4()).to_string();
+    bodies.extend((1..whole.len()).map(|n| whole[..n].to_owned()));
+    // Every key misspelled: unknown fields are refused.
+    for key in ["version", "id", "url", "options"] {
+        let body = valid(uuid::Uuid::new_v4()).to_string();
+        bodies.push(body.replacen(
+            &format!("\"{key}\""),
+            &format!("\"{}\"", key.to_uppercase()),
+            1,
+        ));
+        // A body of its own, with its own id.
+        let body = valid(uuid::Uuid::new_v4()).to_string();
+        bodies.push(body.replacen(&format!("\"{key}\""), &format!("\"{key} \""), 1));
+    }
+    for key in ["width", "height", "format", "quality"] {
+        let body = valid(uuid::Uuid::new_v4()).to_string();
+        bodies.push(body.replacen(&format!("\"{key}\""), &format!("\"{key}_\""), 1));
+    }
+    // Structure.
+    let id = uuid::Uuid::new_v4();
+    bodies.extend([
+        format!("{{\"version\":1,\"version\":1,\"id\":\"{id}\",\"url\":\"https://example.com/\"}}"),
+        format!("\u{feff}{}", valid(uuid::Uuid::new_v4())),
+        format!(
+            "{}{}",
+            valid(uuid::Uuid::new_v4()),
+            valid(uuid::Uuid::new_v4())
+        ),
+        format!("[{}]", valid(uuid::Uuid::new_v4())),
+        format!("{{\"a\":{}}}", "[".repeat(5000) + &"]".repeat(5000)),
+        "{".repeat(20_000),
+        format!(
+            "{{\"version\":1,\"id\":\"{}\",\"url\":\"https://example.com/\",\"pad\":\"{}\"}}",
+            uuid::Uuid::new_v4(),
+            "x".repeat(40_000)
+        ),
+        "\u{0}".repeat(100),
+        "true".into(),
+        "-0".into(),
+        "\"\\ud800\"".into(),
+        "{\"version\":1e999}".into(),
+    ]);
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_body_gets_exactly_one_failure_record() {
+    let bodies = hostile_corpus();
+    assert!(bodies.len() >= 200, "{} bodies", bodies.len());
+    for body in &bodies {
+        assert!(
+            JobMessage::parse(body.as_bytes()).is_err()
+                || serde_json::from_str::<JobMessage>(body).is_ok_and(|job| {
+                    url2png_core::policy::UrlPolicy::default()
+                        .check_url(&job.url)
+                        .is_err()
+                }),
+            "the corpus holds a valid job: {body}"
+        );
+    }
+    let aws = TestAws::start().await;
+    // The tests' worker may reach 127.0.0.1 (the fixtures); the corpus's
+    // loopback URLs use other loopback addresses.
+    let worker = start_worker(&aws, &[]).await;
+    send_bodies(&aws, &bodies).await;
+    wait_for(
+        "every hostile body handled",
+        Duration::from_secs(120),
+        || async {
+            (counter(&worker.metrics.jobs, &["failed"]) >= bodies.len() as u64).then_some(())
+        },
+    )
+    .await;
+    wait_for("queue drained", Duration::from_secs(30), || async {
+        (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
+    })
+    .await;
+    let records: Vec<String> = keys(&aws)
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".error.json"))
+        .collect();
+    assert_eq!(records.len(), bodies.len(), "one record per body");
+    assert_eq!(
+        counter(&worker.metrics.jobs, &["failed"]),
+        bodies.len() as u64
+    );
+    assert_eq!(counter(&worker.metrics.jobs, &["stored"]), 0);
+    for key in &records {
+        let record = FailureRecord::from_json(&get(&aws, key).await).unwrap();
+        assert!(
+            matches!(
+                record.reason,
+                FailureReason::InvalidMessage
+                    | FailureReason::UnsupportedVersion
+                    | FailureReason::BlockedByPolicy
+            ),
+            "{key}: {record:?}"
+        );
+    }
+    assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
+    worker.stop().await;
+}
