@@ -171,6 +171,7 @@ impl Worker {
             cdp_timeout: Duration::from_secs(config.cdp_timeout_seconds),
             retry_base: Duration::from_secs(config.retry_base_seconds),
             retry_max: Duration::from_secs(config.retry_max_seconds),
+            rendering: Arc::default(),
         });
         let state = Arc::new(ReceiveState::default());
         let jobs = TaskTracker::new();

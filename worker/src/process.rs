@@ -50,6 +50,29 @@ pub struct Ctx {
     pub cdp_timeout: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Job ids being rendered in this process. SQS delivers at least once,
+    /// and two deliveries of one job can arrive together; the second waits
+    /// instead of rendering the same page twice.
+    pub rendering: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
+}
+
+/// A job id in [`Ctx::rendering`], removed on drop.
+struct Rendering<'a>(&'a Ctx, Uuid);
+
+impl Drop for Rendering<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut ids) = self.0.rendering.lock() {
+            ids.remove(&self.1);
+        }
+    }
+}
+
+impl Ctx {
+    /// Claim `id` for rendering here; `None` when it already is.
+    fn claim(&self, id: Uuid) -> Option<Rendering<'_>> {
+        let mut ids = self.rendering.lock().ok()?;
+        ids.insert(id).then(|| Rendering(self, id))
+    }
 }
 
 enum Outcome {
@@ -162,6 +185,12 @@ async fn handle(
         tracing::info!("image already stored; acknowledging the redelivery");
         return Outcome::Done("duplicate");
     }
+    // Another delivery of this job is being rendered here: hand this one
+    // back; when it returns, the image is there and it is acknowledged as a
+    // duplicate above.
+    let Some(_claim) = ctx.claim(job.id) else {
+        return Outcome::Retry("another delivery of this job is being rendered".into());
+    };
 
     let started = Instant::now();
     let rendered = match render_job(ctx, &job).await {
