@@ -959,14 +959,6 @@ async fn the_openapi_document_matches_what_the_api_does() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The value of an unlabelled metric in a Prometheus text page.
 fn scraped(page: &str, name: &str) -> Option<f64> {
     page.lines()
@@ -977,7 +969,7 @@ fn scraped(page: &str, name: &str) -> Option<f64> {
 async fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
     use std::process::Stdio;
     let aws = TestAws::start().await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], url2png_testkit::moto::free_port()));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
         .env("AWS_ENDPOINT_URL", aws.moto.endpoint())
         .env("AWS_REGION", "us-east-1")
