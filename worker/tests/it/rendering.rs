@@ -116,6 +116,9 @@ async fn every_render_option_is_honoured() {
     );
     fixtures.page("/selector", colour_page("setTimeout(go, 700);"));
     fixtures.page("/delay", colour_page("setTimeout(go, 500);"));
+    // Far enough in the future that no scheduling delay under load can
+    // let it fire before a screenshot taken at `load`.
+    fixtures.page("/much-later", colour_page("setTimeout(go, 60000);"));
     fixtures.page(
         "/idle",
         colour_page(
@@ -170,7 +173,7 @@ async fn every_render_option_is_honoured() {
         },
     );
     let no_wait = job(
-        "/selector",
+        "/much-later",
         RenderOptions {
             width: 100,
             height: 100,
