@@ -128,6 +128,17 @@ impl Moto {
         self.log.as_deref()
     }
 
+    /// The environment that points a child process (a binary under test)
+    /// at this emulator, with throwaway credentials.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ]
+    }
+
     /// Client options for this emulator.
     pub fn aws_options(&self) -> AwsOptions {
         AwsOptions::emulator(&self.endpoint)
@@ -333,6 +344,35 @@ impl TestAws {
             n(QueueAttributeName::ApproximateNumberOfMessages),
             n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         )
+    }
+
+    /// Receive every message of the queue at `url` and return the bodies,
+    /// leaving them invisible for ten minutes (so each is read once).
+    pub async fn drain(&self, url: &str) -> Vec<String> {
+        let mut bodies = Vec::new();
+        let mut empty = 0;
+        // Two empty answers in a row: one may be a momentary miss.
+        while empty < 2 {
+            let out = self
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .visibility_timeout(600)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .expect("receive");
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                empty += 1;
+            } else {
+                empty = 0;
+            }
+            bodies.extend(messages.into_iter().filter_map(|m| m.body));
+        }
+        bodies
     }
 
     /// Every key in the bucket.

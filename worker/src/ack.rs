@@ -7,6 +7,13 @@
 //! message leaves the heartbeat table just before its delete is sent and
 //! goes back in if the delete fails, so it stays invisible until a retry
 //! succeeds.
+//!
+//! Failed deletes are retried with capped exponential backoff for up to
+//! [`DELETE_GIVE_UP`]; an outage shorter than that costs no redelivery.
+//! After it, the message leaves the heartbeat table, so it reappears when
+//! its visibility runs out and is then acknowledged as a duplicate (its
+//! image exists) without a render. Failures are logged when deleting starts
+//! failing and when it works again, not per attempt.
 
 use std::time::{Duration, Instant};
 
@@ -14,12 +21,16 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::backoff::retry_delay;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 
-/// Attempts at deleting one message before it is left to come back (a
-/// redelivered message whose image exists is acknowledged without a render).
-const DELETE_ATTEMPTS: u32 = 5;
+/// How long a message's delete is retried before it is left to come back
+/// (a redelivered message whose image exists is acknowledged without a
+/// render).
+pub const DELETE_GIVE_UP: Duration = Duration::from_secs(120);
+/// Attempts at deleting one message while shutting down.
+const CLOSING_ATTEMPTS: u32 = 3;
 
 enum Msg {
     Delete(Pending),
@@ -31,6 +42,8 @@ struct Pending {
     message_id: String,
     receipt_handle: String,
     attempts: u32,
+    /// When its first delete attempt failed.
+    failing_since: Option<Instant>,
 }
 
 /// Queues deletes; cheap to clone. [`Acker::close`] (or dropping every
@@ -80,6 +93,7 @@ impl Acker {
             message_id: message_id.to_owned(),
             receipt_handle: receipt_handle.to_owned(),
             attempts: 0,
+            failing_since: None,
         }));
     }
 
@@ -120,6 +134,8 @@ async fn run(
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(10);
     let mut retry: Vec<Pending> = Vec::new();
+    let mut failing = false;
+    let mut failed_rounds = 0u32;
     loop {
         // Wait for the first entry, then fill up to 10 or until the interval.
         if batch.is_empty() {
@@ -148,7 +164,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let failed = flush(
+        let (failed, error) = flush(
             &sqs,
             &queue_url,
             &heartbeat,
@@ -156,42 +172,77 @@ async fn run(
             std::mem::take(&mut batch),
         )
         .await;
+        match (&error, failing) {
+            (Some(e), false) => {
+                tracing::warn!(error = %e, "deleting from SQS fails; retrying with backoff");
+                failing = true;
+            }
+            (None, true) => {
+                tracing::info!("deleting from SQS works again");
+                failing = false;
+            }
+            _ => {}
+        }
+        let now = Instant::now();
         for mut p in failed {
             p.attempts += 1;
-            if p.attempts < DELETE_ATTEMPTS {
+            let since = *p.failing_since.get_or_insert(now);
+            if now.duration_since(since) < DELETE_GIVE_UP {
                 retry.push(p);
             } else {
-                tracing::error!(message_id = %p.message_id, "giving up deleting; the message will be delivered again");
+                give_up(&heartbeat, &p).await;
             }
         }
         if closed {
-            // Last round: everything left, then stop.
+            // Last round: everything left, a few more tries, then stop.
             while !retry.is_empty() {
                 let take = retry.len().min(10);
                 let chunk: Vec<_> = retry.drain(..take).collect();
-                let failed = flush(&sqs, &queue_url, &heartbeat, &metrics, chunk).await;
-                retry.extend(failed.into_iter().filter_map(|mut p| {
+                let (failed, _) = flush(&sqs, &queue_url, &heartbeat, &metrics, chunk).await;
+                for mut p in failed {
                     p.attempts += 1;
-                    (p.attempts < DELETE_ATTEMPTS).then_some(p)
-                }));
+                    if p.attempts < CLOSING_ATTEMPTS {
+                        retry.push(p);
+                    } else {
+                        give_up(&heartbeat, &p).await;
+                    }
+                }
             }
             return;
         }
-        if !retry.is_empty() {
-            // Failing deletes point at SQS trouble: do not spin.
-            tokio::time::sleep(flush_interval.max(Duration::from_millis(200))).await;
+        if retry.is_empty() {
+            failed_rounds = 0;
+        } else {
+            // Failing deletes point at SQS trouble: back off, without
+            // holding up new deletes for longer than a few seconds.
+            failed_rounds += 1;
+            let pause = retry_delay(
+                failed_rounds,
+                flush_interval.max(Duration::from_millis(200)),
+                Duration::from_secs(5),
+                fastrand::f64(),
+            );
+            tokio::time::sleep(pause).await;
         }
     }
 }
 
-/// Delete `batch` (at most 10); returns the entries to try again.
+/// Stop retrying a delete: the message leaves the heartbeat table, so it
+/// reappears when its visibility runs out.
+async fn give_up(heartbeat: &Heartbeat, p: &Pending) {
+    heartbeat.untrack(&p.message_id).await;
+    tracing::error!(message_id = %p.message_id, attempts = p.attempts, "giving up deleting; the message will be delivered again");
+}
+
+/// Delete `batch` (at most 10); returns the entries to try again, and the
+/// error if the call as a whole failed.
 async fn flush(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
     heartbeat: &Heartbeat,
     metrics: &Metrics,
     batch: Vec<Pending>,
-) -> Vec<Pending> {
+) -> (Vec<Pending>, Option<String>) {
     let mut untracked = Vec::with_capacity(batch.len());
     for p in &batch {
         untracked.push(heartbeat.untrack(&p.message_id).await);
@@ -216,6 +267,7 @@ async fn flush(
         .await;
     metrics.aws_call("sqs", "DeleteMessageBatch", started, &result);
     let mut retry_index = Vec::new();
+    let mut error = None;
     match result {
         Ok(out) => {
             for failed in out.failed {
@@ -232,7 +284,7 @@ async fn flush(
             }
         }
         Err(e) => {
-            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), messages = batch.len(), "delete failed; will retry");
+            error = Some(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string());
             retry_index.extend(0..batch.len());
         }
     }
@@ -245,5 +297,5 @@ async fn flush(
             retry.push(p);
         }
     }
-    retry
+    (retry, error)
 }

@@ -71,6 +71,9 @@ struct Inner {
     interval: Duration,
     margin: Duration,
     metrics: Metrics,
+    /// The last extension call failed: log the next success, not each
+    /// failure.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the heartbeat. Cheap to clone.
@@ -99,6 +102,7 @@ impl Heartbeat {
                 // Enough for a slow extension call and a delete's flush.
                 margin: (visibility / 4).min(Duration::from_secs(10)),
                 metrics,
+                failing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -197,6 +201,7 @@ impl Heartbeat {
             }
         });
         let results = futures::future::join_all(calls).await;
+        let mut call_error = None;
         for (chunk, result) in results {
             match result {
                 Ok(out) => {
@@ -227,9 +232,19 @@ impl Heartbeat {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), messages = chunk.len(), "visibility extension call failed; will retry");
+                    call_error = Some(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string());
                 }
             }
+        }
+        let was_failing = inner
+            .failing
+            .swap(call_error.is_some(), std::sync::atomic::Ordering::AcqRel);
+        match (call_error, was_failing) {
+            (Some(error), false) => {
+                tracing::warn!(error, "extending visibility fails; retrying every tick")
+            }
+            (None, true) => tracing::info!("extending visibility works again"),
+            _ => {}
         }
     }
 }
