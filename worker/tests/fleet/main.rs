@@ -19,7 +19,7 @@ async fn kill_9_with_twenty_jobs_in_flight() {
     })
     .await;
     let fixtures = Fixtures::start().await;
-    let jobs = jobs_with_pages(&fixtures, 40, Duration::from_secs(4));
+    let jobs = jobs_with_pages(&fixtures, 40, Duration::from_secs(8));
     let common = |browsers: &str, pages: &str| {
         vec![
             ("URL2PNG_BROWSERS", browsers.to_owned()),
@@ -30,10 +30,11 @@ async fn kill_9_with_twenty_jobs_in_flight() {
     };
     let mut doomed = WorkerProcess::start(&aws, "kill9-doomed", &common("2", "10")).await;
     send(&aws, &jobs).await;
+    // Twenty messages held and twenty pages loading: killed mid-render.
     wait_for(
-        "20 jobs in flight on the doomed worker",
-        Duration::from_secs(60),
-        || async { (doomed.in_flight().await >= 20).then_some(()) },
+        "20 jobs rendering on the doomed worker",
+        Duration::from_secs(90),
+        || async { (doomed.in_flight().await >= 20 && fixtures.hits().len() >= 20).then_some(()) },
     )
     .await;
     // The survivor starts only now, so the doomed worker holds 20 at once.
