@@ -9,13 +9,18 @@
 //! - [`ops`]: the `/healthz` and `/metrics` endpoint;
 //! - [`policy`]: which URLs may be loaded and which addresses reached.
 
+#[cfg(feature = "runtime")]
 pub mod aws;
+#[cfg(feature = "runtime")]
 pub mod config;
 pub mod job;
 pub mod keys;
+#[cfg(feature = "runtime")]
 pub mod ops;
 pub mod policy;
+#[cfg(feature = "runtime")]
 pub mod shutdown;
+#[cfg(feature = "runtime")]
 pub mod telemetry;
 
 pub use job::{ContractError, ErrorCode, ImageFormat, JobMessage, RenderOptions, WaitFor};

@@ -33,6 +33,9 @@ pub struct Ledger {
     pub lost: usize,
     /// What else the scenario measured, as `name=value` pairs.
     pub notes: Vec<(String, String)>,
+    /// The jobs' fate is counted on the queue (a producer scenario: `lost`
+    /// is accepted but not queued), not in the bucket.
+    pub queued_only: bool,
 }
 
 /// A job and the fixture path its page is served at, if it has one.
@@ -99,6 +102,7 @@ impl Ledger {
             "rendered_more_than_once": self.rendered_more_than_once,
             "stored_more_than_once": self.stored_more_than_once,
             "lost": self.lost,
+            "queued_only": self.queued_only,
             "notes": self.notes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
         });
         println!("ledger: {json}");

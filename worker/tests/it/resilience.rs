@@ -551,6 +551,14 @@ async fn every_hostile_body_gets_exactly_one_failure_record() {
             "the corpus holds a valid job: {body}"
         );
     }
+    // Count panics anywhere in the process (a job task's panic would not
+    // fail the test by itself).
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default_hook(info);
+    }));
     let aws = TestAws::start().await;
     // The tests' worker may reach 127.0.0.1 (the fixtures); the corpus's
     // loopback URLs use other loopback addresses.
@@ -573,6 +581,17 @@ async fn every_hostile_body_gets_exactly_one_failure_record() {
         .into_iter()
         .filter(|k| k.ends_with(".error.json"))
         .collect();
+    url2png_testkit::Ledger {
+        scenario: format!("hostile message bodies ({} kinds)", bodies.len()),
+        submitted: bodies.len(),
+        images: counter(&worker.metrics.jobs, &["stored"]) as usize,
+        failure_records: records.len(),
+        lost: bodies.len().saturating_sub(records.len()),
+        ..Default::default()
+    }
+    .note("panics", PANICS.load(std::sync::atomic::Ordering::SeqCst))
+    .record(env!("CARGO_TARGET_TMPDIR"));
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(records.len(), bodies.len(), "one record per body");
     assert_eq!(
         counter(&worker.metrics.jobs, &["failed"]),
