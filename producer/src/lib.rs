@@ -19,6 +19,7 @@ pub mod sender;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -113,9 +114,17 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_RETRY_AFTER_SECONDS", default_value_t = 2)]
     pub retry_after_seconds: u64,
 
-    /// After SIGTERM, how long requests in flight get to finish, in
-    /// seconds; new connections are refused at once. Keep it below the
-    /// container's stop timeout.
+    /// After SIGTERM, how long to keep serving while `/healthz` and
+    /// `/readyz` answer 503, so that a load balancer's health checks take
+    /// the instance out before it stops accepting, in seconds. At least
+    /// the balancer's check interval times its unhealthy threshold; 0 when
+    /// the orchestrator deregisters the instance first (ECS with an ALB).
+    #[arg(long, env = "URL2PNG_DRAIN_SECONDS", default_value_t = 0)]
+    pub drain_seconds: u64,
+
+    /// After the drain period, how long requests in flight get to finish,
+    /// in seconds; new connections are refused from then on. Drain plus
+    /// grace must stay below the container's stop timeout.
     #[arg(long, env = "URL2PNG_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
 }
@@ -151,9 +160,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     config.validate().map_err(anyhow::Error::msg)?;
     let clients = Clients::load(&AwsOptions::default()).await;
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let drain = Duration::from_secs(config.drain_seconds);
     Producer::start(config, clients)
         .await?
-        .run(shutdown, grace)
+        .run_with_drain(shutdown, drain, grace)
         .await
 }
 
@@ -171,6 +181,8 @@ pub struct Producer {
     listener: tokio::net::TcpListener,
     router: Router,
     registry: Registry,
+    /// Set on SIGTERM while the drain period runs.
+    draining: Arc<AtomicBool>,
 }
 
 impl Producer {
@@ -267,6 +279,7 @@ impl Producer {
                 }
             }
         };
+        let draining = Arc::new(AtomicBool::new(false));
         let access = Arc::new(access::Access::new(
             &config.api_keys,
             config.rate_limit_per_minute,
@@ -287,8 +300,32 @@ impl Producer {
                 access::guard,
             ))
             .route("/", get(index))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready))
+            .route(
+                "/healthz",
+                get({
+                    let draining = draining.clone();
+                    move || async move {
+                        if draining.load(Ordering::Acquire) {
+                            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                        } else {
+                            (StatusCode::OK, "ok")
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/readyz",
+                get({
+                    let draining = draining.clone();
+                    move || async move {
+                        if draining.load(Ordering::Acquire) {
+                            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                        } else {
+                            ready().await
+                        }
+                    }
+                }),
+            )
             .merge(openapi::router(access.keys_required()))
             .layer(middleware::from_fn_with_state(http, record))
             .merge(url2png_core::telemetry::metrics_router(registry.clone()));
@@ -299,6 +336,7 @@ impl Producer {
             listener,
             router: api,
             registry,
+            draining,
         })
     }
 
@@ -317,15 +355,46 @@ impl Producer {
     /// Serve until `shutdown`, then give the requests in flight up to
     /// `grace` to finish.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+        self.run_with_drain(shutdown, Duration::ZERO, grace).await
+    }
+
+    /// Serve until `shutdown`; then keep serving for `drain` while the
+    /// health endpoints answer 503 (a load balancer takes the instance
+    /// out), then refuse new connections and give the requests in flight
+    /// up to `grace` to finish.
+    pub async fn run_with_drain(
+        self,
+        shutdown: CancellationToken,
+        drain: Duration,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "producer listening");
+        let stop_accepting = CancellationToken::new();
+        let draining = self.draining.clone();
+        let drained = {
+            let shutdown = shutdown.clone();
+            let stop_accepting = stop_accepting.clone();
+            async move {
+                shutdown.cancelled().await;
+                if !drain.is_zero() {
+                    draining.store(true, Ordering::Release);
+                    tracing::info!(
+                        ?drain,
+                        "draining: health checks fail, requests are still served"
+                    );
+                    tokio::time::sleep(drain).await;
+                }
+                stop_accepting.cancel();
+            }
+        };
         let serve = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
         let deadline = async {
-            shutdown.cancelled().await;
+            drained.await;
             tracing::info!(grace = ?grace, "shutting down: no new connections; finishing requests in flight");
             tokio::time::sleep(grace).await;
         };

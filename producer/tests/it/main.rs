@@ -1057,3 +1057,98 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
         "the answered job is the queued one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_behind_failing_health_checks_then_stops() {
+    use std::process::Stdio;
+    let aws = TestAws::start().await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], url2png_testkit::moto::free_port()));
+    let drain_secs = 3;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
+        .envs(aws.moto.child_env())
+        .env("URL2PNG_QUEUE_URL", &aws.queue.url)
+        .env("URL2PNG_BUCKET", &aws.bucket)
+        .env("URL2PNG_PRODUCER_LISTEN", addr.to_string())
+        .env("URL2PNG_LOG_FORMAT", "text")
+        .env("URL2PNG_DRAIN_SECONDS", drain_secs.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let up = async {
+        while !matches!(
+            url2png_testkit::metrics::http_get(addr, "/healthz").await,
+            Some((200, _))
+        ) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), up)
+        .await
+        .expect("the producer is healthy");
+    assert_eq!(get_json_status(addr, "/readyz").await, 200);
+
+    let sent = tokio::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Health fails at once, for the balancer...
+    let failing = async {
+        while get_json_status(addr, "/healthz").await != 503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), failing)
+        .await
+        .expect("/healthz fails after SIGTERM");
+    assert_eq!(
+        url2png_testkit::metrics::http_get(addr, "/readyz").await,
+        Some((503, "draining".to_owned()))
+    );
+    // ...while requests are still served, on new connections too.
+    let (status, _, _) = post_json(
+        addr,
+        "/v1/screenshots",
+        &json!({"url": "https://example.com/drain"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(
+        sent.elapsed() < Duration::from_secs(drain_secs),
+        "the check above ran within the drain period"
+    );
+
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(drain_secs + 10), refused)
+        .await
+        .expect("new connections are refused after the drain period");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(drain_secs),
+        "connections were accepted for the whole drain period"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the producer exits")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(
+        drain(&aws).await.len(),
+        1,
+        "the job sent while draining is queued"
+    );
+}
+
+async fn get_json_status(addr: SocketAddr, path: &str) -> u16 {
+    url2png_testkit::metrics::http_get(addr, path)
+        .await
+        .map_or(0, |(status, _)| status)
+}
