@@ -44,10 +44,26 @@ impl Answer {
     }
 }
 
+/// One request, its answer (or why there was none), and when it was sent.
+#[derive(Debug)]
+pub struct Exchange {
+    pub request: Request,
+    pub answer: Result<Answer, String>,
+    /// When the request was sent, from the start of the run.
+    pub at: Duration,
+}
+
+impl Exchange {
+    /// No answer, or a 5xx one.
+    pub fn failed(&self) -> bool {
+        self.answer.as_ref().map_or(true, |a| a.status >= 500)
+    }
+}
+
 /// What a run produced: every request with its answer or error.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub exchanges: Vec<(Request, Result<Answer, String>)>,
+    pub exchanges: Vec<Exchange>,
     pub elapsed: Duration,
 }
 
@@ -55,8 +71,8 @@ impl Report {
     /// Requests per status code.
     pub fn statuses(&self) -> BTreeMap<u16, usize> {
         let mut counts = BTreeMap::new();
-        for (_, answer) in &self.exchanges {
-            if let Ok(a) = answer {
+        for exchange in &self.exchanges {
+            if let Ok(a) = &exchange.answer {
                 *counts.entry(a.status).or_insert(0) += 1;
             }
         }
@@ -72,7 +88,7 @@ impl Report {
     pub fn transport_errors(&self) -> Vec<&str> {
         self.exchanges
             .iter()
-            .filter_map(|(_, a)| a.as_ref().err().map(String::as_str))
+            .filter_map(|e| e.answer.as_ref().err().map(String::as_str))
             .collect()
     }
 }
@@ -120,11 +136,16 @@ impl Load {
                     }
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let request = next(n);
+                    let at = started.elapsed();
                     let answer = exchange(&mut conn, target, &request).await;
                     if answer.is_err() {
                         conn = None;
                     }
-                    report.lock().await.exchanges.push((request, answer));
+                    report.lock().await.exchanges.push(Exchange {
+                        request,
+                        answer,
+                        at,
+                    });
                 }
             }));
         }

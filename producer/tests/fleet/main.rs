@@ -1,5 +1,9 @@
 //! The real producer binary under a loopback load, bounded in time: no
-//! 5xx, and the queue holds exactly the jobs that were accepted.
+//! 5xx, and the queue holds exactly the jobs that were accepted. Then three
+//! of them behind the HAProxy balancer, restarted one after another and
+//! one of them killed, under a steady stream of submissions.
+
+mod balancer;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -8,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use url2png_core::JobMessage;
-use url2png_testkit::load::{Load, Request};
+use url2png_testkit::load::{Load, Report, Request};
 use url2png_testkit::metrics::http_get;
 use url2png_testkit::moto::free_port;
 use url2png_testkit::{Ledger, TestAws};
@@ -46,16 +50,19 @@ fn request(n: usize) -> Request {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn producer_under_load_loses_nothing() {
-    let aws = TestAws::start().await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _producer = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
+/// Start the producer binary on `addr` and wait until it is healthy.
+async fn start_producer(
+    aws: &TestAws,
+    addr: SocketAddr,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
         .envs(aws.moto.child_env())
         .env("URL2PNG_QUEUE_URL", &aws.queue.url)
         .env("URL2PNG_BUCKET", &aws.bucket)
         .env("URL2PNG_PRODUCER_LISTEN", addr.to_string())
         .env("URL2PNG_LOG_FORMAT", "text")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -63,25 +70,24 @@ async fn producer_under_load_loses_nothing() {
         .unwrap();
     let up = async {
         while !matches!(http_get(addr, "/healthz").await, Some((200, _))) {
+            assert!(child.try_wait().unwrap().is_none(), "the producer exited");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(30), up)
         .await
         .expect("the producer is healthy");
+    child
+}
 
-    let load = Load {
-        target: addr,
-        connections: 16,
-        duration: Duration::from_secs(8),
-        rate: None,
-    };
-    let report = load.run(request).await;
-
+/// Ids of the jobs the answers accepted, and how many jobs were refused.
+fn accepted_ids(report: &Report) -> (Vec<String>, usize) {
     let mut accepted = Vec::new();
     let mut refused = 0;
-    for (request, answer) in &report.exchanges {
-        let Ok(answer) = answer else { continue };
+    for exchange in &report.exchanges {
+        let (request, Ok(answer)) = (&exchange.request, &exchange.answer) else {
+            continue;
+        };
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         match (request.path.as_str(), answer.status) {
             ("/v1/screenshots", 202) => accepted.push(body["id"].as_str().unwrap().to_owned()),
@@ -98,12 +104,34 @@ async fn producer_under_load_loses_nothing() {
             _ => {}
         }
     }
-    let queued: Vec<String> = aws
-        .drain(&aws.queue.url)
+    (accepted, refused)
+}
+
+/// Ids of every job on the queue (read out, so call it once).
+async fn queued_ids(aws: &TestAws) -> Vec<String> {
+    aws.drain(&aws.queue.url)
         .await
         .iter()
         .map(|body| JobMessage::parse(body.as_bytes()).unwrap().id.to_string())
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_under_load_loses_nothing() {
+    let aws = TestAws::start().await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _producer = start_producer(&aws, addr, &[]).await;
+
+    let load = Load {
+        target: addr,
+        connections: 16,
+        duration: Duration::from_secs(8),
+        rate: None,
+    };
+    let report = load.run(request).await;
+
+    let (accepted, refused) = accepted_ids(&report);
+    let queued = queued_ids(&aws).await;
     let accepted_set: HashSet<&String> = accepted.iter().collect();
     let queued_set: HashSet<&String> = queued.iter().collect();
     let lost = accepted_set.difference(&queued_set).count();
