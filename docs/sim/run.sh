@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Re-run the autoscaling simulations behind docs/operations.md: three load
+# profiles (steady, a 10x spike, a daily ramp), each with three
+# BacklogPerTask targets, as the production stack scales (cool-downs 60 s
+# out, 300 s in; 8 slots per task; Fargate start-up 60 s). Writes one SVG
+# per run next to this script and prints each run's summary lines.
+#
+#   docs/sim/run.sh          (builds url2png-scaler first)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build -q --release -p url2png-scaler
+sim() { target/release/url2png-scaler simulate "$@"; }
+common=(--processing exp:2 --concurrency 8 --startup-seconds 60 --max-tasks 100
+        --scale-out-cooldown-seconds 60 --scale-in-cooldown-seconds 300 --seed 1)
+declare -A profiles=(
+  [steady]="steady:10:3600"
+  [spike]="steady:2:1800,spike:2:20:1800:600,steady:2:1800"
+  [daily]="ramp:1:40:43200,ramp:40:1:43200"
+)
+for name in steady spike daily; do
+  for target in 8 16 40; do
+    min=0
+    [ "$name" = daily ] && min=1
+    echo "== $name, target $target"
+    sim --profile "${profiles[$name]}" "${common[@]}" --target "$target" --min-tasks "$min" \
+      --svg "docs/sim/$name-target-$target.svg" | tail -2
+  done
+done
