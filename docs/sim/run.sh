@@ -19,10 +19,12 @@ declare -A profiles=(
 )
 for name in steady spike daily; do
   for target in 8 16 40; do
-    min=0
-    [ "$name" = daily ] && min=1
+    # Steady starts with the tasks the load needs (2.5), the others with
+    # one task, the service's minimum.
+    initial=1
+    [ "$name" = steady ] && initial=3
     echo "== $name, target $target"
-    sim --profile "${profiles[$name]}" "${common[@]}" --target "$target" --min-tasks "$min" \
-      --svg "docs/sim/$name-target-$target.svg" | tail -2
+    sim --profile "${profiles[$name]}" "${common[@]}" --target "$target" --min-tasks 1 \
+      --initial-tasks "$initial" --svg "docs/sim/$name-target-$target.svg" | tail -3 | head -2
   done
 done

@@ -89,7 +89,12 @@ fn children_pss_kib() -> u64 {
     let mut i = 0;
     while i < below.len() {
         let parent = below[i];
-        below.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        below.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
         i += 1;
     }
     below[1..]
@@ -162,9 +167,10 @@ async fn measure(
         let (peaks, stop) = (peaks.clone(), shutdown.clone());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                let (own, chromium) = tokio::task::spawn_blocking(|| (own_rss_kib(), children_pss_kib()))
-                    .await
-                    .unwrap_or((0, 0));
+                let (own, chromium) =
+                    tokio::task::spawn_blocking(|| (own_rss_kib(), children_pss_kib()))
+                        .await
+                        .unwrap_or((0, 0));
                 peaks[0].fetch_max(own, Ordering::Relaxed);
                 peaks[1].fetch_max(chromium, Ordering::Relaxed);
                 peaks[2].fetch_max(own + chromium, Ordering::Relaxed);

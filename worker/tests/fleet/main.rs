@@ -300,8 +300,10 @@ async fn sigterm_under_load() {
     )
     .await;
     send(&aws, &jobs).await;
-    wait_for("ten jobs in flight", Duration::from_secs(60), || async {
-        (first.in_flight().await >= 10).then_some(())
+    // Ten held and their pages loading, so that the quick ones can finish
+    // within the grace period and the slow ones cannot.
+    wait_for("ten jobs rendering", Duration::from_secs(60), || async {
+        (first.in_flight().await >= 10 && fixtures.hits().len() >= 10).then_some(())
     })
     .await;
     let held = first.in_flight().await;
@@ -322,6 +324,11 @@ async fn sigterm_under_load() {
     // 30-second visibility timeout.
     let (visible, in_flight) = aws.queue_counts(&aws.queue.url).await;
     assert_eq!(in_flight, 0, "nothing left invisible after the drain");
+    let finished_in_grace = jobs.len() as u64 - visible;
+    assert!(
+        finished_in_grace > 0 && finished_in_grace < held as u64,
+        "quick jobs finish within the grace, slow ones are handed back: {finished_in_grace} of {held} finished"
+    );
     let second = WorkerProcess::start(
         &aws,
         "sigterm-second",
@@ -337,7 +344,8 @@ async fn sigterm_under_load() {
     )
     .await
     .note("held at SIGTERM", held)
-    .note("handed back", visible)
+    .note("finished within the grace", finished_in_grace)
+    .note("handed back", held as u64 - finished_in_grace)
     .note("exit after (s)", format!("{:.1}", took.as_secs_f64()));
     ledger.record(LEDGER_DIR);
     assert!(ledger.nothing_lost(), "{ledger:?}");
