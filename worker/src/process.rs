@@ -185,12 +185,27 @@ async fn handle(
         tracing::info!("image already stored; acknowledging the redelivery");
         return Outcome::Done("duplicate");
     }
-    // Another delivery of this job is being rendered here: hand this one
-    // back; when it returns, the image is there and it is acknowledged as a
-    // duplicate above.
-    let Some(_claim) = ctx.claim(job.id) else {
-        return Outcome::Retry("another delivery of this job is being rendered".into());
+    // Another delivery of this job is being rendered here: wait for it
+    // (this message stays invisible under the heartbeat meanwhile), then
+    // acknowledge this one as a duplicate if the image is there. Handing it
+    // back instead would spend a receive per retry, and a page slower than
+    // those retries would send the job to the dead-letter queue while it is
+    // being rendered.
+    let mut waited = false;
+    let _claim = loop {
+        if let Some(claim) = ctx.claim(job.id) {
+            break claim;
+        }
+        if !waited {
+            tracing::info!("another delivery of this job is being rendered; waiting for it");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    if waited && exists(ctx, &key).await {
+        tracing::info!("the other delivery stored the image; acknowledging this one");
+        return Outcome::Done("duplicate");
+    }
 
     let started = Instant::now();
     let rendered = match render_job(ctx, &job).await {

@@ -613,3 +613,61 @@ async fn every_hostile_body_gets_exactly_one_failure_record() {
     assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deliveries_of_one_job_at_once_render_it_once_and_both_are_acknowledged() {
+    // Two messages carrying the same job, received together: the second
+    // waits for the first instead of being handed back, so a page slower
+    // than the retries cannot push the job to the dead-letter queue.
+    let aws = TestAws::start_with(TestAwsOptions {
+        max_receive_count: 2,
+        visibility_timeout_secs: 10,
+    })
+    .await;
+    let fixtures = Fixtures::start().await;
+    fixtures.page(
+        "/slow-twin",
+        Page::html("<h1>twin</h1>").delay(Duration::from_secs(6)),
+    );
+    let worker = start_worker(
+        &aws,
+        &[
+            "--pages-per-browser",
+            "4",
+            "--retry-base-seconds",
+            "1",
+            "--retry-max-seconds",
+            "1",
+        ],
+    )
+    .await;
+    let job = JobMessage::new(
+        fixtures.url("/slow-twin"),
+        RenderOptions {
+            timeout_ms: 60_000,
+            ..RenderOptions::default()
+        },
+    );
+    send_jobs(&aws, &[job.clone(), job.clone()]).await;
+    wait_for("both messages handled", Duration::from_secs(60), || async {
+        (counter(&worker.metrics.jobs, &["stored"]) + counter(&worker.metrics.jobs, &["duplicate"])
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    wait_for("queue drained", Duration::from_secs(30), || async {
+        (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(fixtures.hits_on("/slow-twin"), 1, "rendered once");
+    assert_eq!(counter(&worker.metrics.jobs, &["stored"]), 1);
+    assert_eq!(counter(&worker.metrics.jobs, &["duplicate"]), 1);
+    assert_eq!(counter(&worker.metrics.jobs, &["retried"]), 0);
+    assert_eq!(queue_counts(&aws, &aws.queue.dlq_url).await, (0, 0));
+    assert!(
+        keys(&aws)
+            .await
+            .contains(&KeyLayout::default().image(job.id, ImageFormat::Png))
+    );
+    worker.stop().await;
+}
