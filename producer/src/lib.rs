@@ -300,31 +300,14 @@ impl Producer {
                 access::guard,
             ))
             .route("/", get(index))
-            .route(
-                "/healthz",
-                get({
-                    let draining = draining.clone();
-                    move || async move {
-                        if draining.load(Ordering::Acquire) {
-                            (StatusCode::SERVICE_UNAVAILABLE, "draining")
-                        } else {
-                            (StatusCode::OK, "ok")
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/readyz",
-                get({
-                    let draining = draining.clone();
-                    move || async move {
-                        if draining.load(Ordering::Acquire) {
-                            (StatusCode::SERVICE_UNAVAILABLE, "draining")
-                        } else {
-                            ready().await
-                        }
-                    }
-                }),
+            .merge(
+                Router::new()
+                    .route("/healthz", get(|| async { "ok" }))
+                    .route("/readyz", get(ready))
+                    .route_layer(middleware::from_fn_with_state(
+                        draining.clone(),
+                        fail_while_draining,
+                    )),
             )
             .merge(openapi::router(access.keys_required()))
             .layer(middleware::from_fn_with_state(http, record))
@@ -405,6 +388,22 @@ impl Producer {
         tracing::info!("producer stopped");
         Ok(())
     }
+}
+
+/// In front of `/healthz` and `/readyz`: `503 draining` once the drain
+/// period has begun, so a load balancer takes this instance out.
+async fn fail_while_draining(
+    State(draining): State<Arc<AtomicBool>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    if draining.load(Ordering::Acquire) {
+        return axum::response::IntoResponse::into_response((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+        ));
+    }
+    next.run(request).await
 }
 
 /// `GET /`: a small page to submit a URL and see the screenshot.
