@@ -50,16 +50,17 @@ pub struct Ctx {
     pub cdp_timeout: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// Job ids being rendered in this process. SQS delivers at least once,
+    /// Job ids being handled in this process. SQS delivers at least once,
     /// and two deliveries of one job can arrive together; the second waits
-    /// instead of rendering the same page twice.
+    /// instead of rendering the same page (or recording the same failure)
+    /// twice.
     pub rendering: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
-struct Rendering<'a>(&'a Ctx, Uuid);
+struct Claim<'a>(&'a Ctx, Uuid);
 
-impl Drop for Rendering<'_> {
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if let Ok(mut ids) = self.0.rendering.lock() {
             ids.remove(&self.1);
@@ -68,10 +69,10 @@ impl Drop for Rendering<'_> {
 }
 
 impl Ctx {
-    /// Claim `id` for rendering here; `None` when it already is.
-    fn claim(&self, id: Uuid) -> Option<Rendering<'_>> {
+    /// Claim `id` for handling here; `None` when it already is.
+    fn claim(&self, id: Uuid) -> Option<Claim<'_>> {
         let mut ids = self.rendering.lock().ok()?;
-        ids.insert(id).then(|| Rendering(self, id))
+        ids.insert(id).then(|| Claim(self, id))
     }
 }
 
@@ -148,27 +149,64 @@ async fn handle(
     receive_count: u32,
     sent_at: Option<SystemTime>,
 ) -> Outcome {
-    let job = match JobMessage::parse(body.as_bytes()) {
+    let parsed = JobMessage::parse(body.as_bytes());
+    let (id, salvaged_url) = match &parsed {
+        Ok(job) => (job.id, None),
+        Err(_) => salvage(body, message_id),
+    };
+    tracing::Span::current().record("job_id", tracing::field::display(id));
+
+    // Another delivery of this job is being handled here: wait for it (this
+    // message stays invisible under the heartbeat meanwhile), then
+    // acknowledge this one as a duplicate if the other left its result.
+    // Handing it back instead would spend a receive per retry, and a page
+    // slower than those retries would send the job to the dead-letter queue
+    // while it is being rendered. This holds for broken bodies too: two
+    // deliveries of one broken message give one failure, not two.
+    let mut waited = false;
+    let _claim = loop {
+        if let Some(claim) = ctx.claim(id) {
+            break claim;
+        }
+        if !waited {
+            tracing::info!("another delivery of this job is being handled; waiting for it");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // An image may be in S3 already when this is a redelivery, or when the
+    // delivery waited for above finished. A failure is always looked for
+    // first: failures are rare and cheap to check, and a broken body sent
+    // twice (or delivered twice) is one failure.
+    let seen_before = waited || receive_count > 1;
+
+    let job = match parsed {
         Ok(job) => job,
         Err(e) => {
-            let (id, url) = salvage(body, message_id);
-            tracing::Span::current().record("job_id", tracing::field::display(id));
+            if exists(ctx, &ctx.layout.failure(id)).await {
+                tracing::info!("failure already recorded; acknowledging the redelivery");
+                return Outcome::Done("duplicate");
+            }
             tracing::warn!(error = %e, "refusing a message that breaks the contract");
             let reason = if e.code == ErrorCode::UnsupportedVersion {
                 FailureReason::UnsupportedVersion
             } else {
                 FailureReason::InvalidMessage
             };
-            return store_failure(ctx, id, url, reason, e.to_string(), receive_count).await;
+            return store_failure(ctx, id, salvaged_url, reason, e.to_string(), receive_count)
+                .await;
         }
     };
-    tracing::Span::current().record("job_id", tracing::field::display(job.id));
     let key = ctx.layout.image(job.id, job.options.format);
 
     // The first layer of the URL policy, before any browser is involved.
     // The egress guard checks again at connect time, on what the name
     // resolves to then.
     if let Err(e) = ctx.policy.check_url(&job.url) {
+        if exists(ctx, &ctx.layout.failure(id)).await {
+            tracing::info!("failure already recorded; acknowledging the redelivery");
+            return Outcome::Done("duplicate");
+        }
         tracing::info!(error = %e, "URL refused by policy");
         return store_failure(
             ctx,
@@ -181,29 +219,8 @@ async fn handle(
         .await;
     }
 
-    if receive_count > 1 && exists(ctx, &key).await {
+    if seen_before && exists(ctx, &key).await {
         tracing::info!("image already stored; acknowledging the redelivery");
-        return Outcome::Done("duplicate");
-    }
-    // Another delivery of this job is being rendered here: wait for it
-    // (this message stays invisible under the heartbeat meanwhile), then
-    // acknowledge this one as a duplicate if the image is there. Handing it
-    // back instead would spend a receive per retry, and a page slower than
-    // those retries would send the job to the dead-letter queue while it is
-    // being rendered.
-    let mut waited = false;
-    let _claim = loop {
-        if let Some(claim) = ctx.claim(job.id) {
-            break claim;
-        }
-        if !waited {
-            tracing::info!("another delivery of this job is being rendered; waiting for it");
-            waited = true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    if waited && exists(ctx, &key).await {
-        tracing::info!("the other delivery stored the image; acknowledging this one");
         return Outcome::Done("duplicate");
     }
 

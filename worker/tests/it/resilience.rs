@@ -173,7 +173,9 @@ async fn poison_bodies_get_failure_records_and_the_worker_keeps_serving() {
         || async {
             let keys = keys(&aws).await;
             (keys.contains(&image)
-                && counter(&worker.metrics.jobs, &["failed"]) == bodies.len() as u64)
+                && counter(&worker.metrics.jobs, &["failed"])
+                    + counter(&worker.metrics.jobs, &["duplicate"])
+                    == bodies.len() as u64)
                 .then_some(())
         },
     )
@@ -182,13 +184,19 @@ async fn poison_bodies_get_failure_records_and_the_worker_keeps_serving() {
         (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
     })
     .await;
-    // Bodies that share a salvaged id share a record; every other one has its own.
+    // Bodies that share a salvaged id share a record: the first one's, and
+    // the others are acknowledged as duplicates. Every other body has its own.
     let records: Vec<String> = keys(&aws)
         .await
         .into_iter()
         .filter(|k| k.ends_with(".error.json"))
         .collect();
     assert!(records.len() >= 8, "{records:?}");
+    assert_eq!(
+        counter(&worker.metrics.jobs, &["failed"]),
+        records.len() as u64,
+        "one failure per record"
+    );
     let mut reasons = std::collections::HashSet::new();
     for key in &records {
         let record = FailureRecord::from_json(&get(&aws, key).await).unwrap();
@@ -669,5 +677,49 @@ async fn two_deliveries_of_one_job_at_once_render_it_once_and_both_are_acknowled
             .await
             .contains(&KeyLayout::default().image(job.id, ImageFormat::Png))
     );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_message_delivered_twice_is_one_failure() {
+    // SQS may deliver one message twice, even at once; a broken body then
+    // gives one failure record and one duplicate, not two failures.
+    let aws = TestAws::start().await;
+    let worker = start_worker(&aws, &[]).await;
+    let id = uuid::Uuid::new_v4();
+    let broken =
+        format!(r#"{{"version":1,"id":"{id}","url":"http://x/","options":{{"width":0}}}}"#);
+    let refused = JobMessage::new(
+        "http://169.254.169.254/latest/meta-data/",
+        RenderOptions::default(),
+    );
+    send_bodies(
+        &aws,
+        &[broken.clone(), broken, refused.to_json(), refused.to_json()],
+    )
+    .await;
+    wait_for("all four handled", Duration::from_secs(30), || async {
+        (counter(&worker.metrics.jobs, &["failed"]) + counter(&worker.metrics.jobs, &["duplicate"])
+            >= 4)
+            .then_some(())
+    })
+    .await;
+    wait_for("queue drained", Duration::from_secs(30), || async {
+        (queue_counts(&aws, &aws.queue.url).await == (0, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(counter(&worker.metrics.jobs, &["failed"]), 2);
+    assert_eq!(counter(&worker.metrics.jobs, &["duplicate"]), 2);
+    let layout = KeyLayout::default();
+    let records: Vec<String> = keys(&aws)
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".error.json"))
+        .collect();
+    let mut expected = vec![layout.failure(id), layout.failure(refused.id)];
+    expected.sort();
+    let mut records = records;
+    records.sort();
+    assert_eq!(records, expected);
     worker.stop().await;
 }
