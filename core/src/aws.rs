@@ -8,7 +8,18 @@
 //! pointed at a local emulator. When S3 has an override, requests use
 //! path-style addressing: an emulator host such as `moto:5000` cannot take
 //! the bucket as a sub-domain.
+//!
+//! Every call has a time limit per attempt ([`AwsOptions::attempt_timeout`],
+//! default [`DEFAULT_ATTEMPT_TIMEOUT`]) on top of the SDK's connect timeout.
+//! Without it, a connection that goes silent (a NAT entry or a load
+//! balancer dropped on the way, a black-holed route) would hold its call
+//! for ever; with it, the attempt fails as a timeout and the SDK retries on
+//! a fresh connection. A long poll adds its wait time to the limit
+//! ([`long_poll_timeouts`]).
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_types::region::Region;
@@ -26,6 +37,44 @@ pub struct AwsOptions {
     pub region: Option<String>,
     /// Static access key id and secret, instead of the credential chain.
     pub static_credentials: Option<(String, String)>,
+    /// Limit on one attempt of a call; [`DEFAULT_ATTEMPT_TIMEOUT`] if unset.
+    pub attempt_timeout: Option<Duration>,
+}
+
+/// How long one attempt of an AWS call may take before it is abandoned
+/// and retried, unless configured otherwise. SQS and S3 answer small calls
+/// in milliseconds; ten seconds leaves room for a slow moment while
+/// keeping a silent connection from holding a call for long.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time to open a connection (the SDK's own default is 3.1 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Timeouts with `attempt` as the limit on one attempt.
+pub fn timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(attempt)
+        .build()
+}
+
+/// Timeouts for a long poll of `wait` made with `config`'s clients: the
+/// configured attempt limit on top of the time the service may wait.
+pub fn long_poll_timeouts(config: Option<&TimeoutConfig>, wait: Duration) -> TimeoutConfig {
+    let attempt = config
+        .and_then(TimeoutConfig::operation_attempt_timeout)
+        .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+    timeouts(attempt + wait)
+}
+
+/// Timeouts for uploading `bytes` with `config`'s clients: the configured
+/// attempt limit plus a second per MiB, so a large image on a slow link is
+/// not cut off while a silent connection still is.
+pub fn upload_timeouts(config: Option<&TimeoutConfig>, bytes: usize) -> TimeoutConfig {
+    let attempt = config
+        .and_then(TimeoutConfig::operation_attempt_timeout)
+        .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+    timeouts(attempt + Duration::from_secs((bytes >> 20) as u64))
 }
 
 impl AwsOptions {
@@ -36,6 +85,7 @@ impl AwsOptions {
             endpoint_url: Some(endpoint_url.into()),
             region: Some("us-east-1".into()),
             static_credentials: Some(("testing".into(), "testing".into())),
+            attempt_timeout: None,
         }
     }
 }
@@ -43,7 +93,9 @@ impl AwsOptions {
 /// Load the shared SDK configuration: the default chain, with `options`
 /// on top.
 pub async fn load_config(options: &AwsOptions) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts(
+        options.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
+    ));
     if let Some(url) = &options.endpoint_url {
         loader = loader.endpoint_url(url);
     }
@@ -125,5 +177,40 @@ mod tests {
             Some("http://moto:5000")
         );
         assert_eq!(config.region().map(|r| r.as_ref()), Some("us-east-1"));
+    }
+
+    #[tokio::test]
+    async fn every_call_has_an_attempt_limit() {
+        let config = load_config(&AwsOptions::emulator("http://moto:5000")).await;
+        let timeouts = config.timeout_config().expect("timeouts are set");
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(DEFAULT_ATTEMPT_TIMEOUT)
+        );
+        assert_eq!(timeouts.connect_timeout(), Some(CONNECT_TIMEOUT));
+        let options = AwsOptions {
+            attempt_timeout: Some(Duration::from_secs(4)),
+            ..AwsOptions::emulator("http://moto:5000")
+        };
+        let config = load_config(&options).await;
+        let sqs = sqs(&config);
+        let timeouts = sqs.config().timeout_config();
+        assert_eq!(
+            timeouts.and_then(TimeoutConfig::operation_attempt_timeout),
+            Some(Duration::from_secs(4)),
+            "clients inherit the limit"
+        );
+        assert_eq!(
+            long_poll_timeouts(timeouts, Duration::from_secs(20)).operation_attempt_timeout(),
+            Some(Duration::from_secs(24))
+        );
+        assert_eq!(
+            upload_timeouts(timeouts, 5 << 20).operation_attempt_timeout(),
+            Some(Duration::from_secs(9))
+        );
+        assert_eq!(
+            upload_timeouts(None, 1000).operation_attempt_timeout(),
+            Some(DEFAULT_ATTEMPT_TIMEOUT)
+        );
     }
 }

@@ -8,13 +8,36 @@ use clap::Args;
 
 use crate::telemetry::LogFormat;
 
-/// Logging and the operations endpoint (`/healthz`, `/metrics`).
+/// Logging and how AWS is called.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Log line format: `json` (one object per line, for CloudWatch Logs)
     /// or `text`. Filter with `RUST_LOG`.
     #[arg(long, env = "URL2PNG_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
+
+    /// Limit on one attempt of an AWS call, in seconds (1..=300): a call
+    /// whose connection goes silent is abandoned and retried on a fresh
+    /// one. Long polls add their wait, uploads a second per MiB.
+    #[arg(long, env = "URL2PNG_AWS_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub aws_timeout_seconds: u64,
+}
+
+impl CommonArgs {
+    /// AWS settings from the default chain, with this attempt limit, or
+    /// what is wrong with it.
+    pub fn aws_options(&self) -> Result<crate::aws::AwsOptions, String> {
+        if !(1..=300).contains(&self.aws_timeout_seconds) {
+            return Err(format!(
+                "URL2PNG_AWS_TIMEOUT_SECONDS must be 1..=300, not {}",
+                self.aws_timeout_seconds
+            ));
+        }
+        Ok(crate::aws::AwsOptions {
+            attempt_timeout: Some(std::time::Duration::from_secs(self.aws_timeout_seconds)),
+            ..Default::default()
+        })
+    }
 }
 
 /// Where jobs and their results live: the queue, the bucket and the key
@@ -105,5 +128,12 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--log-format", "yaml"]).is_err());
         assert!(parse_addr("127.0.0.1:0").is_ok());
         assert!(parse_addr("localhost").is_err());
+        let options = cli.common.aws_options().unwrap();
+        assert_eq!(
+            options.attempt_timeout,
+            Some(std::time::Duration::from_secs(10))
+        );
+        let cli = Cli::try_parse_from(["x", "--aws-timeout-seconds", "0"]).unwrap();
+        assert!(cli.common.aws_options().unwrap_err().contains("1..=300"));
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use url2png_core::aws::{AwsOptions, Clients};
+use url2png_core::aws::Clients;
 use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs};
 use url2png_core::job::{ImageFormat, JobMessage, RenderOptions, WaitFor};
 use url2png_core::keys::FailureRecord;
@@ -126,7 +126,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     job.submitted_at = Some(time::OffsetDateTime::now_utc());
     let layout = args.store.layout().map_err(anyhow::Error::msg)?;
-    let clients = Clients::load(&AwsOptions::default()).await;
+    let clients = Clients::load(&args.common.aws_options().map_err(anyhow::Error::msg)?).await;
     if let Err(e) = clients
         .sqs
         .send_message()

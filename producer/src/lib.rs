@@ -32,7 +32,7 @@ use axum::routing::{get, post};
 use clap::Parser;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
-use url2png_core::aws::{AwsOptions, Clients};
+use url2png_core::aws::Clients;
 use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs, parse_addr};
 
 use crate::api::AppState;
@@ -133,6 +133,7 @@ impl Config {
     /// Check settings that only make sense together.
     pub fn validate(&self) -> Result<(), String> {
         self.store.layout()?;
+        self.common.aws_options()?;
         self.policy
             .policy()
             .map_err(|e| format!("URL2PNG_EGRESS_ALLOW/DENY/PORTS: {e}"))?;
@@ -158,7 +159,7 @@ impl Config {
 /// Run with clients from the default AWS chain until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let clients = Clients::load(&AwsOptions::default()).await;
+    let clients = Clients::load(&config.common.aws_options().map_err(anyhow::Error::msg)?).await;
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let drain = Duration::from_secs(config.drain_seconds);
     Producer::start(config, clients)

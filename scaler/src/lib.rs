@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use url2png_core::aws::{AwsOptions, load_config};
+use url2png_core::aws::load_config;
 use url2png_core::config::{CommonArgs, parse_addr};
 
 use crate::policy::TargetTracking;
@@ -127,6 +127,7 @@ pub struct Config {
 impl Config {
     /// Check the settings; the publisher's settings on success.
     pub fn settings(&self) -> Result<Settings, String> {
+        self.common.aws_options()?;
         for (value, name) in [
             (&self.queue_url, "URL2PNG_QUEUE_URL"),
             (&self.cluster, "URL2PNG_ECS_CLUSTER"),
@@ -199,7 +200,7 @@ impl Config {
 /// `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.settings().map_err(anyhow::Error::msg)?;
-    let sdk = load_config(&AwsOptions::default()).await;
+    let sdk = load_config(&config.common.aws_options().map_err(anyhow::Error::msg)?).await;
     run_with(config, Clients::from_config(&sdk), shutdown).await
 }
 

@@ -158,6 +158,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let err = |m: String| Err(m);
         self.store.layout()?;
+        self.common.aws_options()?;
         self.policy
             .policy()
             .map_err(|e| format!("URL2PNG_EGRESS_ALLOW/DENY/PORTS: {e}"))?;

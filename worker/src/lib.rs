@@ -33,7 +33,7 @@ use axum::routing::get;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use url2png_core::aws::{AwsOptions, Clients};
+use url2png_core::aws::Clients;
 
 pub use config::Config;
 
@@ -48,7 +48,7 @@ use crate::receive::{ReceiveConfig, ReceiveState, Receiver};
 /// Run with clients from the default AWS chain until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let clients = Clients::load(&AwsOptions::default()).await;
+    let clients = Clients::load(&config.common.aws_options().map_err(anyhow::Error::msg)?).await;
     let worker = Worker::start(config, clients).await?;
     worker.run(shutdown).await
 }

@@ -423,8 +423,16 @@ async fn store_image(
     if let Some(status) = rendered.status {
         request = request.metadata("http-status", status.to_string());
     }
+    // A large image may take longer to upload than a small call to answer.
+    let timeouts =
+        url2png_core::aws::upload_timeouts(ctx.s3.config().timeout_config(), rendered.bytes.len());
     let started = std::time::Instant::now();
-    let result = request.body(ByteStream::from(rendered.bytes)).send().await;
+    let result = request
+        .body(ByteStream::from(rendered.bytes))
+        .customize()
+        .config_override(aws_sdk_s3::config::Builder::default().timeout_config(timeouts))
+        .send()
+        .await;
     ctx.metrics.aws_call("s3", "PutObject", started, &result);
     result
         .map(|_| ())

@@ -213,6 +213,13 @@ impl Receiver {
             )
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .customize()
+            .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(
+                url2png_core::aws::long_poll_timeouts(
+                    self.sqs.config().timeout_config(),
+                    Duration::from_secs(u64::from(self.config.wait_time_seconds)),
+                ),
+            ))
             .send()
             .await;
         self.ctx

@@ -124,6 +124,33 @@ fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// Jobs across a fault: 8 slow ones sent first and held by `worker` when
+/// `fault` starts, then `total - 8` quick ones sent during it, then 15 s of
+/// the fault. Returns every job sent.
+async fn jobs_across_a_fault(
+    aws: &TestAws,
+    fixtures: &Fixtures,
+    worker: &mut WorkerProcess,
+    total: usize,
+    fault: impl FnOnce(),
+) -> Vec<url2png_testkit::Tracked> {
+    let jobs = jobs_with_pages(fixtures, 8, Duration::from_secs(3));
+    send(aws, &jobs).await;
+    wait_for("jobs in flight", Duration::from_secs(60), || async {
+        (worker.in_flight().await >= 4).then_some(())
+    })
+    .await;
+    fault();
+    let during: Vec<_> = jobs_with_pages(fixtures, total, Duration::ZERO)
+        .into_iter()
+        .skip(8)
+        .collect();
+    send(aws, &during).await;
+    tokio::time::sleep(Duration::from_secs(15)).await; // the fault itself
+    assert!(worker.running(), "the worker stays up through the fault");
+    jobs.into_iter().chain(during).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_unreachable_for_fifteen_seconds() {
     let aws = TestAws::start().await;
@@ -139,28 +166,13 @@ async fn sqs_unreachable_for_fifteen_seconds() {
         ],
     )
     .await;
-    // Some before the outage, held while it starts; more sent during it.
-    let before = jobs_with_pages(&fixtures, 8, Duration::from_secs(3));
-    send(&aws, &before).await;
-    wait_for("jobs in flight", Duration::from_secs(60), || async {
-        (worker.in_flight().await >= 4).then_some(())
-    })
-    .await;
-    proxy.fail();
-    let during: Vec<_> = jobs_with_pages(&fixtures, 30, Duration::ZERO)
-        .into_iter()
-        .skip(8)
-        .collect();
-    send(&aws, &during).await;
-    tokio::time::sleep(Duration::from_secs(15)).await; // the outage itself
-    assert!(worker.running(), "the worker stays up through the outage");
+    let jobs = jobs_across_a_fault(&aws, &fixtures, &mut worker, 30, || proxy.fail()).await;
     let attempts = proxy.refused();
     let outage_log = worker.log_text();
     proxy.restore();
 
     drained(&aws, Duration::from_secs(120)).await;
     let log = worker.log_text();
-    let jobs: Vec<_> = before.into_iter().chain(during).collect();
     let down = lines_with(&log, "receiving from SQS fails");
     let up = lines_with(&log, "receiving from SQS works again");
     let warnings = outage_log
@@ -183,6 +195,52 @@ async fn sqs_unreachable_for_fifteen_seconds() {
         attempts < 200,
         "{attempts} connections in 15 s: the worker does not back off"
     );
+    assert!(worker.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_and_s3_silent_for_fifteen_seconds() {
+    // Connections that go quiet instead of failing: nothing is refused, no
+    // byte comes back, and the ones open when it starts stay silent for
+    // good. Only timeouts get the worker out of its calls.
+    let aws = TestAws::start_with(TestAwsOptions {
+        max_receive_count: 20,
+        visibility_timeout_secs: 10,
+    })
+    .await;
+    let fixtures = Fixtures::start().await;
+    let sqs = FaultProxy::for_endpoint(aws.moto.endpoint()).await;
+    let s3 = FaultProxy::for_endpoint(aws.moto.endpoint()).await;
+    let mut worker = WorkerProcess::start(
+        &aws,
+        "silent",
+        &[
+            ("AWS_ENDPOINT_URL_SQS", sqs.endpoint()),
+            ("AWS_ENDPOINT_URL_S3", s3.endpoint()),
+            ("URL2PNG_AWS_TIMEOUT_SECONDS", "3".to_owned()),
+            ("URL2PNG_WAIT_TIME_SECONDS", "5".to_owned()),
+            ("URL2PNG_HEARTBEAT_SECONDS", "2".to_owned()),
+            ("URL2PNG_VISIBILITY_TIMEOUT_SECONDS", "10".to_owned()),
+        ],
+    )
+    .await;
+    let jobs = jobs_across_a_fault(&aws, &fixtures, &mut worker, 24, || {
+        sqs.stall();
+        s3.stall();
+    })
+    .await;
+    let held = sqs.held() + s3.held();
+    sqs.restore();
+    s3.restore();
+
+    drained(&aws, Duration::from_secs(120)).await;
+    let ledger = Ledger::take("SQS and S3 silent for 15 s", &aws, Some(&fixtures), &jobs)
+        .await
+        .note("connections gone silent", held);
+    ledger.record(LEDGER_DIR);
+    assert!(held > 0, "the silence was felt");
+    assert!(ledger.nothing_lost(), "{ledger:?}");
+    assert_eq!(ledger.images, jobs.len(), "{ledger:?}");
     assert!(worker.running());
 }
 
