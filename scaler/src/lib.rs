@@ -111,7 +111,8 @@ pub struct Config {
     pub scale_to_zero_after_seconds: u64,
 
     /// The latency a job may wait, in seconds, for the recommended target
-    /// (with the mean processing time).
+    /// (with the mean processing time; the target is capped at the
+    /// worker concurrency).
     #[arg(long, env = "URL2PNG_ACCEPTABLE_LATENCY_SECONDS")]
     pub acceptable_latency_seconds: Option<f64>,
 
@@ -214,9 +215,15 @@ pub async fn run_with(
     let registry = url2png_core::telemetry::new_registry();
     let metrics = Metrics::register(&registry)?;
     if let Some(target) = settings.recommended_target {
+        let allowed = config
+            .acceptable_latency_seconds
+            .zip(config.mean_processing_seconds)
+            .and_then(|(l, p)| policy::latency_allows(l, p, config.worker_concurrency));
         tracing::info!(
             target,
-            "recommended target value for BacklogPerTask (acceptable latency ÷ mean processing time × concurrency)"
+            latency_allows = allowed,
+            concurrency = config.worker_concurrency,
+            "recommended target value for BacklogPerTask: acceptable latency ÷ mean processing time × concurrency, at most the concurrency (above it target tracking oscillates)"
         );
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -434,7 +441,7 @@ mod tests {
             "4",
         ])
         .unwrap();
-        assert_eq!(r.recommended_target, Some(80.0));
+        assert_eq!(r.recommended_target, Some(4.0), "capped at the concurrency");
         let both = with(&["--output", "both"]).unwrap();
         assert!(both.emf && both.to_cloudwatch);
         assert!(cli(&["--output", "statsd"]).is_err());

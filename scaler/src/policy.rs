@@ -36,10 +36,30 @@ impl Reading {
     }
 }
 
-/// AWS's rule for queue workers: the backlog one task may hold is the
-/// latency the business accepts divided by the time one job takes, times
-/// the jobs a task runs at once.
+/// The target for `BacklogPerTask`: AWS's rule for queue workers (the
+/// backlog one task may hold is the latency the business accepts divided
+/// by the time one job takes, times the jobs a task runs at once), capped
+/// at the concurrency. The metric counts messages in flight, so a target
+/// above the concurrency can only be met by a standing queue on every
+/// task, and with whole tasks target tracking then swings between too few
+/// and too many (docs/operations.md, the simulator runs). A stricter goal
+/// (a smaller result) is kept: it buys headroom.
 pub fn recommended_target(
+    acceptable_latency_secs: f64,
+    mean_processing_secs: f64,
+    concurrency_per_task: u32,
+) -> Option<f64> {
+    let allowed = latency_allows(
+        acceptable_latency_secs,
+        mean_processing_secs,
+        concurrency_per_task,
+    )?;
+    Some(allowed.min(f64::from(concurrency_per_task)))
+}
+
+/// The backlog per task a latency goal allows, uncapped: acceptable
+/// latency ÷ mean processing time × concurrency.
+pub fn latency_allows(
     acceptable_latency_secs: f64,
     mean_processing_secs: f64,
     concurrency_per_task: u32,
@@ -230,8 +250,14 @@ mod tests {
     #[test]
     fn recommended_target_is_latency_over_processing_times_concurrency() {
         // 10 s acceptable, 0.5 s a job, 8 at once: 160 messages per task.
-        assert_eq!(recommended_target(10.0, 0.5, 8), Some(160.0));
-        assert_eq!(recommended_target(30.0, 3.0, 1), Some(10.0));
+        assert_eq!(latency_allows(10.0, 0.5, 8), Some(160.0));
+        assert_eq!(latency_allows(30.0, 3.0, 1), Some(10.0));
+        // Capped at the concurrency: above it the loop oscillates.
+        assert_eq!(recommended_target(10.0, 0.5, 8), Some(8.0));
+        assert_eq!(recommended_target(30.0, 3.0, 1), Some(1.0));
+        // A stricter goal is kept.
+        assert_eq!(recommended_target(1.0, 2.0, 8), Some(4.0));
+        assert_eq!(latency_allows(0.0, 3.0, 1), None);
         assert_eq!(recommended_target(0.0, 3.0, 1), None);
         assert_eq!(recommended_target(10.0, 0.0, 1), None);
     }

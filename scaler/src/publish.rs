@@ -117,7 +117,7 @@ impl Metrics {
             recommended_target: Gauge::with_opts(
                 Opts::new(
                     "recommended_target",
-                    "Acceptable latency ÷ mean processing time × concurrency (0: not configured).",
+                    "Acceptable latency ÷ mean processing time × concurrency, at most the concurrency (0: not configured).",
                 )
                 .namespace(ns),
             )?,
