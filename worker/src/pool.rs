@@ -589,6 +589,8 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
             "webrtc-ip-handling-policy=disable_non_proxied_udp",
             "disable-quic",
             "dns-prefetch-disable",
+            // `window.open` and pop-ups fail: a page cannot spawn tabs.
+            "block-new-web-contents",
         ])
         // chromiumoxide adds the leading `--` itself: `--x` would become `----x`
         // and Chromium would ignore it.

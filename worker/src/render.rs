@@ -19,8 +19,8 @@ use chromiumoxide::cdp::browser_protocol::network::{
     RequestId, ResourceType,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
-    CaptureScreenshotFormat, CaptureScreenshotParams, GetLayoutMetricsParams, NavigateParams,
-    Viewport,
+    CaptureScreenshotFormat, CaptureScreenshotParams, DialogType, EventJavascriptDialogOpening,
+    GetLayoutMetricsParams, HandleJavaScriptDialogParams, NavigateParams, Viewport,
 };
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::page::Page;
@@ -82,8 +82,8 @@ impl RenderError {
 }
 
 /// Network errors that no retry will fix: the name does not exist, the URL
-/// or port is refused by Chromium itself, the certificate is bad, or the
-/// target is a download rather than a page.
+/// or port is refused by Chromium itself, the certificate is bad, the page
+/// asks for credentials, or the target is a download rather than a page.
 fn is_permanent_net_error(text: &str) -> bool {
     const PERMANENT: &[&str] = &[
         "ERR_NAME_NOT_RESOLVED",
@@ -105,6 +105,8 @@ fn is_permanent_net_error(text: &str) -> bool {
         "ERR_ADDRESS_INVALID",
         "ERR_ADDRESS_UNREACHABLE",
         "ERR_ACCESS_DENIED",
+        // The page asks for credentials; a job has none to give.
+        "ERR_INVALID_AUTH_CREDENTIALS",
     ];
     PERMANENT.iter().any(|p| text.contains(p))
 }
@@ -233,6 +235,22 @@ pub async fn render(
     )
     .await?;
 
+    // A page's `alert`, `confirm`, `prompt` or `beforeunload` dialog
+    // would block it until answered: answer each at once, as a user who
+    // only clicks it away would (OK for alerts and leaving, Cancel for
+    // questions).
+    let dialogs = cdp(
+        "listen Page.javascriptDialogOpening",
+        cdp_timeout,
+        page.event_listener::<EventJavascriptDialogOpening>(),
+    )
+    .await?;
+    let _dialogs = DismissDialogs(tokio::spawn(dismiss_dialogs(
+        page.clone(),
+        dialogs,
+        cdp_timeout,
+    )));
+
     // Listen before navigating, so no event of this navigation is missed.
     let mut responses = cdp(
         "listen Network.responseReceived",
@@ -304,6 +322,36 @@ pub async fn render(
         r.status = status;
         r
     })
+}
+
+/// The task answering a page's dialogs; stopped when the render ends.
+struct DismissDialogs(tokio::task::JoinHandle<()>);
+
+impl Drop for DismissDialogs {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn dismiss_dialogs(
+    page: Page,
+    mut dialogs: chromiumoxide::listeners::EventStream<EventJavascriptDialogOpening>,
+    cdp_timeout: Duration,
+) {
+    while let Some(dialog) = dialogs.next().await {
+        let accept = matches!(dialog.r#type, DialogType::Alert | DialogType::Beforeunload);
+        tracing::debug!(kind = ?dialog.r#type, accept, "answering a page dialog");
+        let answer = HandleJavaScriptDialogParams::new(accept);
+        if let Err(e) = cdp(
+            "Page.handleJavaScriptDialog",
+            cdp_timeout,
+            page.execute(answer),
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "cannot answer a page dialog");
+        }
+    }
 }
 
 /// How long no request may be in flight for the network to count as idle.
@@ -520,6 +568,7 @@ mod tests {
     fn classifies_network_errors() {
         assert!(is_permanent_net_error("net::ERR_NAME_NOT_RESOLVED"));
         assert!(is_permanent_net_error("net::ERR_CERT_AUTHORITY_INVALID"));
+        assert!(is_permanent_net_error("net::ERR_INVALID_AUTH_CREDENTIALS"));
         assert!(!is_permanent_net_error("net::ERR_CONNECTION_REFUSED"));
         assert!(!is_permanent_net_error("net::ERR_CONNECTION_RESET"));
         assert!(!is_permanent_net_error("net::ERR_TIMED_OUT"));

@@ -4,6 +4,7 @@
 mod support;
 
 mod egress;
+mod hostile_pages;
 mod lifecycle;
 mod rendering;
 mod resilience;
