@@ -58,23 +58,26 @@ pub fn timeouts(attempt: Duration) -> TimeoutConfig {
         .build()
 }
 
-/// Timeouts for a long poll of `wait` made with `config`'s clients: the
-/// configured attempt limit on top of the time the service may wait.
-pub fn long_poll_timeouts(config: Option<&TimeoutConfig>, wait: Duration) -> TimeoutConfig {
+/// Timeouts whose attempt limit is `config`'s (or the default) plus
+/// `extra`, for a call that may rightly take longer than a small one.
+fn extended(config: Option<&TimeoutConfig>, extra: Duration) -> TimeoutConfig {
     let attempt = config
         .and_then(TimeoutConfig::operation_attempt_timeout)
         .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
-    timeouts(attempt + wait)
+    timeouts(attempt + extra)
+}
+
+/// Timeouts for a long poll of `wait` made with `config`'s clients: the
+/// configured attempt limit on top of the time the service may wait.
+pub fn long_poll_timeouts(config: Option<&TimeoutConfig>, wait: Duration) -> TimeoutConfig {
+    extended(config, wait)
 }
 
 /// Timeouts for uploading `bytes` with `config`'s clients: the configured
 /// attempt limit plus a second per MiB, so a large image on a slow link is
 /// not cut off while a silent connection still is.
 pub fn upload_timeouts(config: Option<&TimeoutConfig>, bytes: usize) -> TimeoutConfig {
-    let attempt = config
-        .and_then(TimeoutConfig::operation_attempt_timeout)
-        .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
-    timeouts(attempt + Duration::from_secs((bytes >> 20) as u64))
+    extended(config, Duration::from_secs((bytes >> 20) as u64))
 }
 
 impl AwsOptions {

@@ -183,8 +183,7 @@ async fn handle(
     let job = match parsed {
         Ok(job) => job,
         Err(e) => {
-            if exists(ctx, &ctx.layout.failure(id)).await {
-                tracing::info!("failure already recorded; acknowledging the redelivery");
+            if already_failed(ctx, id).await {
                 return Outcome::Done("duplicate");
             }
             tracing::warn!(error = %e, "refusing a message that breaks the contract");
@@ -203,8 +202,7 @@ async fn handle(
     // The egress guard checks again at connect time, on what the name
     // resolves to then.
     if let Err(e) = ctx.policy.check_url(&job.url) {
-        if exists(ctx, &ctx.layout.failure(id)).await {
-            tracing::info!("failure already recorded; acknowledging the redelivery");
+        if already_failed(ctx, id).await {
             return Outcome::Done("duplicate");
         }
         tracing::info!(error = %e, "URL refused by policy");
@@ -381,6 +379,16 @@ fn salvage(body: &str, message_id: &str) -> (Uuid, Option<String>) {
         u[..end].to_owned()
     });
     (id, url)
+}
+
+/// Whether job `id`'s failure is recorded already (by another delivery of
+/// it, or another message with its id): then this one is a duplicate.
+async fn already_failed(ctx: &Ctx, id: Uuid) -> bool {
+    let recorded = exists(ctx, &ctx.layout.failure(id)).await;
+    if recorded {
+        tracing::info!("failure already recorded; acknowledging the redelivery");
+    }
+    recorded
 }
 
 async fn exists(ctx: &Ctx, key: &str) -> bool {
