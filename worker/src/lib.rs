@@ -14,6 +14,7 @@
 
 pub mod ack;
 pub mod backoff;
+pub mod cdp;
 pub mod config;
 pub mod egress;
 pub mod heartbeat;
@@ -44,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig};
 use crate::process::Ctx;
 use crate::receive::{ReceiveConfig, ReceiveState, Receiver};
+use crate::render::RequestCheck;
 
 /// Run with clients from the default AWS chain until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -96,6 +98,12 @@ impl Worker {
                 probe_interval: Duration::from_secs(5),
                 egress: config.egress_guard.then(|| {
                     Egress::new(config.policy.policy().unwrap_or_default(), metrics.clone())
+                }),
+                request_check: config.egress_guard.then(|| RequestCheck {
+                    policy: Arc::new(config.policy.policy().unwrap_or_default()),
+                    refused: metrics
+                        .egress_requests
+                        .with_label_values(&["job", "blocked_in_browser"]),
                 }),
             },
             metrics.clone(),
@@ -162,7 +170,6 @@ impl Worker {
             layout: config.store.layout().map_err(anyhow::Error::msg)?,
             pool: self.pool.clone(),
             policy: Arc::new(config.policy.policy().map_err(anyhow::Error::msg)?),
-            browser_checks: config.egress_guard,
             heartbeat: heartbeat.clone(),
             acker: acker.clone(),
             metrics: self.metrics.clone(),

@@ -2,11 +2,15 @@
 //!
 //! `browsers` Chromium processes are launched once and shared by every job;
 //! each takes at most `pages_per_browser` jobs at a time. A job gets a
-//! [`Lease`]: a new page in a new browser context of the least-loaded live
-//! browser, so no cookies, storage or cache pass between jobs. Dropping the
-//! lease closes the page and disposes of the context.
+//! [`Lease`]: a new target in a new browser context of the least-loaded
+//! live browser, so no cookies, storage or cache pass between jobs.
+//! Dropping the lease disposes of the context, which closes its target.
 //!
-//! Healing: a task per browser drives its CDP connection and marks the
+//! The pool starts Chromium itself and talks to it over the worker's own
+//! CDP connection ([`crate::cdp`]): a job's page costs a context, a target,
+//! an attach and one pipelined set-up round trip ([`Tab::start`]).
+//!
+//! Healing: a task per browser watches its CDP connection and marks the
 //! browser dead when the connection breaks (a crash); a probe marks it hung
 //! when it stops answering. A dead or hung browser takes no new jobs, its
 //! process is killed and reaped, and a replacement is launched. After
@@ -19,19 +23,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chromiumoxide::browser::{Browser, BrowserConfig};
-use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::cdp::browser_protocol::browser::{BrowserContextId, GetVersionParams};
 use chromiumoxide::cdp::browser_protocol::target::{
-    CreateBrowserContextParams, CreateTargetParams,
+    CreateBrowserContextParams, CreateTargetParams, DisposeBrowserContextParams,
 };
-use chromiumoxide::error::CdpError;
-use chromiumoxide::page::Page;
-use futures::StreamExt;
-use tokio::sync::{Notify, OwnedSemaphorePermit, RwLock, Semaphore, mpsc};
+use tokio::process::Child;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::cdp::{self, Cdp};
 use crate::egress::{Blocked, Egress, Proxy, Scope};
 use crate::metrics::Metrics;
+use crate::render::{RequestCheck, Tab, TabSettings};
 
 /// How the pool launches and manages browsers.
 #[derive(Debug, Clone)]
@@ -60,6 +63,8 @@ pub struct PoolConfig {
     /// off (benchmarks of its cost; the URL policy is still checked before
     /// a job starts).
     pub egress: Option<Egress>,
+    /// The request check inside Chromium (on with the egress guard).
+    pub request_check: Option<RequestCheck>,
 }
 
 /// Why the pool could not hand out a page.
@@ -100,7 +105,10 @@ enum Event {
 
 struct Slot {
     id: u64,
-    browser: RwLock<Browser>,
+    cdp: Cdp,
+    /// The browser process, until it is reaped.
+    child: tokio::sync::Mutex<Option<Child>>,
+    pid: Option<u32>,
     alive: AtomicBool,
     draining: AtomicBool,
     active: AtomicUsize,
@@ -118,8 +126,12 @@ impl Slot {
     }
 }
 
-/// A page in its own context, behind its own proxy.
-type Opened = (BrowserContextId, Page, Option<Proxy>);
+/// A set-up target in its own context, behind its own proxy.
+struct Opened {
+    context: BrowserContextId,
+    tab: Tab,
+    proxy: Option<Proxy>,
+}
 
 struct Inner {
     config: PoolConfig,
@@ -231,9 +243,13 @@ impl Pool {
             };
             refill(inner, &slot);
             match opened {
-                Ok((context, page, proxy)) => {
+                Ok(Opened {
+                    context,
+                    tab,
+                    proxy,
+                }) => {
                     return Ok(Lease {
-                        page: Some(page),
+                        tab: Some(tab),
                         context: Some(context),
                         proxy,
                         slot,
@@ -306,14 +322,7 @@ impl Pool {
             .values()
             .cloned()
             .collect();
-        let mut pids = Vec::new();
-        for slot in slots {
-            let mut browser = slot.browser.write().await;
-            if let Some(pid) = browser.get_mut_child().and_then(|c| c.as_mut_inner().id()) {
-                pids.push(pid);
-            }
-        }
-        pids
+        slots.iter().filter_map(|s| s.pid).collect()
     }
 }
 
@@ -328,43 +337,64 @@ async fn open_page(inner: &Arc<Inner>, slot: &Arc<Slot>) -> Result<Opened, Strin
         ),
         None => None,
     };
-    let browser = slot.browser.read().await;
+    let cdp = &slot.cdp;
     // Every request of the context goes through its own proxy; `<-loopback>`
     // removes Chromium's implicit bypass for loopback addresses.
-    let params = match &proxy {
-        Some(proxy) => CreateBrowserContextParams::builder()
-            .proxy_server(proxy.url())
-            .proxy_bypass_list("<-loopback>")
-            .build(),
-        None => CreateBrowserContextParams::default(),
+    let params = CreateBrowserContextParams {
+        dispose_on_detach: None,
+        proxy_server: proxy.as_ref().map(Proxy::url),
+        proxy_bypass_list: proxy.as_ref().map(|_| "<-loopback>".to_owned()),
+        origins_with_universal_network_access: None,
     };
-    let context = match tokio::time::timeout(timeout, browser.create_browser_context(params)).await
-    {
-        Ok(Ok(context)) => context,
-        Ok(Err(e)) => {
-            mark_failed(inner, slot, RestartReason::Crash);
+    let context = match cdp.call(None, params, timeout).await {
+        Ok(created) => created.browser_context_id,
+        Err(e) => {
+            let reason = match e {
+                cdp::CdpError::Timeout { .. } => RestartReason::Hang,
+                _ => RestartReason::Crash,
+            };
+            if !matches!(e, cdp::CdpError::Protocol { .. }) {
+                mark_failed(inner, slot, reason);
+            }
             return Err(format!("creating a browser context: {e}"));
         }
-        Err(_) => {
-            mark_failed(inner, slot, RestartReason::Hang);
-            return Err(format!("creating a browser context took over {timeout:?}"));
-        }
     };
-    let params = CreateTargetParams::builder()
-        .url("about:blank")
-        .browser_context_id(context.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(timeout, browser.new_page(params)).await {
-        Ok(Ok(page)) => Ok((context, page, proxy)),
-        failure => {
-            let message = match failure {
-                Ok(Err(e)) => format!("opening a page: {e}"),
-                _ => format!("opening a page took over {timeout:?}"),
-            };
+    let opened = async {
+        let params = CreateTargetParams::builder()
+            .url("about:blank")
+            .browser_context_id(context.clone())
+            .build()?;
+        let target = cdp
+            .call(None, params, timeout)
+            .await
+            .map_err(|e| format!("opening a target: {e}"))?
+            .target_id;
+        let (session, events) = cdp
+            .attach(target.clone(), timeout)
+            .await
+            .map_err(|e| format!("attaching to a target: {e}"))?;
+        let settings = TabSettings {
+            check: inner.config.request_check.clone(),
+            cdp_timeout: timeout,
+            navigation_timeout: inner.config.navigation_timeout,
+        };
+        Tab::start(cdp.clone(), target, session, events, settings)
+            .await
+            .map_err(|e| format!("setting up a page: {e}"))
+    }
+    .await;
+    match opened {
+        Ok(tab) => Ok(Opened {
+            context,
+            tab,
+            proxy,
+        }),
+        Err(message) => {
             // The context is of no use without its page.
-            let _ = tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
-            if !slot.alive.load(Ordering::Acquire) {
+            let _ = cdp
+                .call(None, DisposeBrowserContextParams::new(context), timeout)
+                .await;
+            if cdp.is_closed() {
                 mark_failed(inner, slot, RestartReason::Crash);
             }
             Err(message)
@@ -398,9 +428,9 @@ fn refill(inner: &Arc<Inner>, slot: &Arc<Slot>) {
     });
 }
 
-/// One job's page. Dropping it closes the page and disposes its context.
+/// One job's page. Dropping it disposes of its context (and so the page).
 pub struct Lease {
-    page: Option<Page>,
+    tab: Option<Tab>,
     context: Option<BrowserContextId>,
     proxy: Option<Proxy>,
     slot: Arc<Slot>,
@@ -418,8 +448,8 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     /// The page to render on.
-    pub fn page(&self) -> &Page {
-        self.page
+    pub fn tab(&self) -> &Tab {
+        self.tab
             .as_ref()
             .expect("a lease holds its page until dropped")
     }
@@ -437,20 +467,24 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let (Some(page), Some(context)) = (self.page.take(), self.context.take()) else {
+        let (Some(tab), Some(context)) = (self.tab.take(), self.context.take()) else {
             return;
         };
+        // The tab stops answering for the page now; its context goes next.
+        drop(tab);
+        let proxy = self.proxy.take();
         let slot = self.slot.clone();
         let inner = self.inner.clone();
         let timeout = inner.config.cdp_timeout;
         // Cleanup needs async calls; it also runs when a job is cancelled.
         let cleanup = async move {
             if slot.alive.load(Ordering::Acquire) {
-                let _ = tokio::time::timeout(timeout, page.close()).await;
-                let browser = slot.browser.read().await;
-                let _ =
-                    tokio::time::timeout(timeout, browser.dispose_browser_context(context)).await;
+                let _ = slot
+                    .cdp
+                    .call(None, DisposeBrowserContextParams::new(context), timeout)
+                    .await;
             }
+            drop(proxy);
             finish_job(&inner, &slot, true);
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -482,14 +516,10 @@ fn mark_failed(inner: &Arc<Inner>, slot: &Arc<Slot>, reason: RestartReason) {
 
 /// Whether the browser answers a trivial call in time.
 async fn probe(inner: &Inner, slot: &Slot) -> bool {
-    let timeout = inner.config.cdp_timeout;
-    let Ok(browser) = tokio::time::timeout(timeout, slot.browser.read()).await else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(timeout, browser.version()).await,
-        Ok(Ok(_))
-    )
+    slot.cdp
+        .call(None, GetVersionParams::default(), inner.config.cdp_timeout)
+        .await
+        .is_ok()
 }
 
 /// Replace failed and drained browsers, retire drained ones.
@@ -554,6 +584,102 @@ async fn replace(inner: &Arc<Inner>) {
     }
 }
 
+/// Chromium features turned off in every browser. Each new browser
+/// context opens a window, and with these on each window starts
+/// "top-chrome" WebUI renderers (the toolbar's reload button and omnibox
+/// pop-ups) that a headless screenshot never shows: turning them off halves
+/// the CPU of a job in its own context (bench/README.md, "Chromium flags").
+const DISABLED_FEATURES: &[&str] = &[
+    "WebUIReloadButton",
+    "WebUIOmniboxPopup",
+    "WebUIOmniboxAimPopup",
+    // Translation prompts and their language model downloads.
+    "Translate",
+    // The cast dialog and its device discovery.
+    "MediaRouter",
+    // Hints fetched from Google for page loads.
+    "OptimizationHints",
+];
+
+/// The command line every browser of the pool starts with (without the
+/// leading dashes; [`cdp::launch`] adds them and the profile and debugging
+/// port). `extra` comes last, except that its `disable-features` and
+/// `enable-features` lists are merged into ours: Chromium keeps only the
+/// last of a repeated switch.
+pub fn chromium_args(sandbox: bool, proxy: Option<&str>, extra: &[String]) -> Vec<String> {
+    let mut disabled: Vec<String> = DISABLED_FEATURES.iter().map(|f| (*f).to_owned()).collect();
+    let mut args: Vec<String> = [
+        "headless",
+        // Chromium reaches for Google's hosts at start without these.
+        "disable-background-networking",
+        "disable-component-update",
+        "disable-sync",
+        "no-first-run",
+        "no-default-browser-check",
+        "disable-domain-reliability",
+        "no-pings",
+        "metrics-recording-only",
+        "disable-breakpad",
+        "disable-client-side-phishing-detection",
+        // Extensions and their background pages cost processes.
+        "disable-extensions",
+        "disable-component-extensions-with-background-pages",
+        "disable-default-apps",
+        // No GPU here: software compositing in the browser process.
+        "disable-gpu",
+        // Containers give /dev/shm 64 MB; shared memory there runs out
+        // under load and renderers crash.
+        "disable-dev-shm-usage",
+        // Every job's window is a background window to Chromium: without
+        // these its timers and rendering are throttled, and waits and
+        // delays run long.
+        "disable-renderer-backgrounding",
+        "disable-background-timer-throttling",
+        "disable-backgrounding-occluded-windows",
+        // No keyring or keychain prompts on a server.
+        "password-store=basic",
+        "use-mock-keychain",
+        // The same colours on every machine.
+        "force-color-profile=srgb",
+        "mute-audio",
+        // Traffic an HTTP proxy does not carry: WebRTC's UDP, QUIC, and
+        // Chromium's own DNS prefetching.
+        "force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        "webrtc-ip-handling-policy=disable_non_proxied_udp",
+        "disable-quic",
+        "dns-prefetch-disable",
+        // `window.open` and pop-ups fail: a page cannot spawn tabs.
+        "block-new-web-contents",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    if let Some(proxy) = proxy {
+        // Everything goes through the egress guard, loopback included.
+        args.push(format!("proxy-server={proxy}"));
+        args.push("proxy-bypass-list=<-loopback>".to_owned());
+    }
+    if !sandbox {
+        args.push("no-sandbox".to_owned());
+    }
+    let mut enabled: Vec<String> = Vec::new();
+    for arg in extra {
+        let arg = arg.trim_start_matches('-');
+        if let Some(list) = arg.strip_prefix("disable-features=") {
+            disabled.extend(list.split(',').map(str::to_owned));
+        } else if let Some(list) = arg.strip_prefix("enable-features=") {
+            enabled.extend(list.split(',').map(str::to_owned));
+        } else {
+            args.push(arg.to_owned());
+        }
+    }
+    args.push(format!("disable-features={}", disabled.join(",")));
+    if !enabled.is_empty() {
+        args.push(format!("enable-features={}", enabled.join(",")));
+    }
+    args
+}
+
 async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
     let config = &inner.config;
     let id = inner.next_id.fetch_add(1, Ordering::AcqRel);
@@ -561,55 +687,24 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
         std::env::temp_dir().join(format!("url2png-chromium-{}-{id}", std::process::id()));
     let _ = std::fs::remove_dir_all(&user_data_dir);
     std::fs::create_dir_all(&user_data_dir)?;
-    let mut builder = BrowserConfig::builder()
-        .chrome_executable(&config.chromium_path)
-        .user_data_dir(&user_data_dir)
-        .viewport(None)
-        .request_timeout(config.navigation_timeout)
-        .launch_timeout(Duration::from_secs(30))
-        .args(inner.background_proxy.iter().flat_map(|proxy| {
-            // Everything goes through the egress guard, loopback included.
-            [
-                format!("proxy-server={}", proxy.url()),
-                "proxy-bypass-list=<-loopback>".to_owned(),
-            ]
-        }))
-        .args([
-            "disable-background-networking",
-            "disable-component-update",
-            "disable-sync",
-            "no-first-run",
-            "disable-gpu",
-            "disable-domain-reliability",
-            "no-default-browser-check",
-            "no-pings",
-            // Traffic an HTTP proxy does not carry: WebRTC's UDP, QUIC, and
-            // Chromium's own DNS prefetching.
-            "force-webrtc-ip-handling-policy=disable_non_proxied_udp",
-            "webrtc-ip-handling-policy=disable_non_proxied_udp",
-            "disable-quic",
-            "dns-prefetch-disable",
-            // `window.open` and pop-ups fail: a page cannot spawn tabs.
-            "block-new-web-contents",
-        ])
-        // chromiumoxide adds the leading `--` itself: `--x` would become `----x`
-        // and Chromium would ignore it.
-        .args(
-            config
-                .extra_args
-                .iter()
-                .map(|a| a.trim_start_matches('-').to_owned()),
-        );
-    if !config.sandbox {
-        builder = builder.no_sandbox();
-    }
-    let browser_config = builder.build().map_err(anyhow::Error::msg)?;
-    let (browser, mut handler) = Browser::launch(browser_config)
-        .await
-        .map_err(|e| anyhow::anyhow!("launching {}: {e}", config.chromium_path.display()))?;
+    let proxy = inner.background_proxy.as_ref().map(Proxy::url);
+    let args = chromium_args(config.sandbox, proxy.as_deref(), &config.extra_args);
+    let launched = cdp::launch(
+        &config.chromium_path,
+        &args,
+        &user_data_dir,
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| {
+        let _ = std::fs::remove_dir_all(&user_data_dir);
+        anyhow::anyhow!("launching {}: {e}", config.chromium_path.display())
+    })?;
     let slot = Arc::new(Slot {
         id,
-        browser: RwLock::new(browser),
+        pid: launched.child.id(),
+        cdp: launched.cdp,
+        child: tokio::sync::Mutex::new(Some(launched.child)),
         alive: AtomicBool::new(true),
         draining: AtomicBool::new(false),
         active: AtomicUsize::new(0),
@@ -619,23 +714,19 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
         user_data_dir,
         tasks: Mutex::new(Vec::new()),
     });
-    // Drive the CDP connection; when it breaks, the browser is gone.
-    let driver = {
-        let inner = inner.clone();
-        let slot = slot.clone();
+    // When the connection breaks, the browser is gone.
+    let watcher = {
+        let inner = Arc::downgrade(inner);
+        let slot = Arc::downgrade(&slot);
+        let cdp = slot.upgrade().map(|s| s.cdp.clone());
         tokio::spawn(async move {
-            while let Some(event) = handler.next().await {
-                match event {
-                    // The socket broke: the process died or was killed.
-                    Err(CdpError::Ws(e)) => {
-                        tracing::debug!(browser = slot.id, error = %e, "CDP connection lost");
-                        break;
-                    }
-                    Err(e) => tracing::debug!(browser = slot.id, error = %e, "CDP error"),
-                    Ok(()) => {}
-                }
+            if let Some(cdp) = cdp {
+                cdp.closed().await;
             }
-            mark_failed(&inner, &slot, RestartReason::Crash);
+            if let (Some(inner), Some(slot)) = (inner.upgrade(), slot.upgrade()) {
+                tracing::debug!(browser = slot.id, "CDP connection lost");
+                mark_failed(&inner, &slot, RestartReason::Crash);
+            }
         })
     };
     // Ask now and then whether it still answers; a hung browser does not.
@@ -659,7 +750,7 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
             }
         })
     };
-    slot.tasks.lock().expect("tasks").extend([driver, prober]);
+    slot.tasks.lock().expect("tasks").extend([watcher, prober]);
     tracing::info!(browser = id, "browser launched");
     Ok(slot)
 }
@@ -669,19 +760,30 @@ async fn launch(inner: &Arc<Inner>) -> anyhow::Result<Arc<Slot>> {
 async fn shut_down(inner: &Inner, slot: &Slot) {
     slot.alive.store(false, Ordering::Release);
     let timeout = inner.config.cdp_timeout;
-    let mut browser = slot.browser.write().await;
-    let closed = matches!(
-        tokio::time::timeout(timeout, browser.close()).await,
-        Ok(Ok(_))
-    );
-    let exited = closed
-        && matches!(
-            tokio::time::timeout(timeout, browser.wait()).await,
+    // Spare pages go with their browser; their proxies stop here.
+    slot.spares.lock().expect("spares").clear();
+    let mut child = slot.child.lock().await;
+    if let Some(mut process) = child.take() {
+        // The connection may close before the answer comes: wait for the
+        // process either way.
+        if !slot.cdp.is_closed() {
+            let _ = slot
+                .cdp
+                .call(
+                    None,
+                    chromiumoxide::cdp::browser_protocol::browser::CloseParams::default(),
+                    timeout,
+                )
+                .await;
+        }
+        let exited = matches!(
+            tokio::time::timeout(timeout, process.wait()).await,
             Ok(Ok(_))
         );
-    if !exited {
-        let _ = browser.kill().await;
-        let _ = browser.wait().await;
+        if !exited {
+            let _ = process.kill().await;
+            let _ = process.wait().await;
+        }
     }
     for task in slot.tasks.lock().expect("tasks").drain(..) {
         task.abort();

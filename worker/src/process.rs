@@ -29,7 +29,7 @@ use crate::backoff::retry_visibility_secs;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::render::{RenderError, Rendered, RequestGuard, render};
+use crate::render::{RenderError, Rendered};
 
 /// What every job needs; shared by all of them.
 #[derive(Debug)]
@@ -39,9 +39,6 @@ pub struct Ctx {
     pub layout: KeyLayout,
     pub pool: Pool,
     pub policy: Arc<url2png_core::policy::UrlPolicy>,
-    /// Whether requests are also checked inside the browser (off with the
-    /// egress guard).
-    pub browser_checks: bool,
     pub heartbeat: Heartbeat,
     pub acker: Acker,
     pub metrics: Metrics,
@@ -272,31 +269,8 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
         .await
         .map_err(|e| Failure::Retry(e.to_string()))?;
     tracing::debug!(elapsed = ?started.elapsed(), "page acquired");
-    let refused_in_browser = ctx
-        .metrics
-        .egress_requests
-        .with_label_values(&["job", "blocked_in_browser"]);
-    let _guard = if ctx.browser_checks {
-        match RequestGuard::start(
-            lease.page(),
-            ctx.policy.clone(),
-            refused_in_browser,
-            ctx.cdp_timeout,
-        )
-        .await
-        {
-            Ok(guard) => Some(guard),
-            Err(e) => return Err(Failure::Retry(e.to_string())),
-        }
-    } else {
-        None
-    };
     let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
-    let result = tokio::time::timeout(
-        budget,
-        render(lease.page(), &job.url, &job.options, ctx.cdp_timeout),
-    )
-    .await;
+    let result = tokio::time::timeout(budget, lease.tab().render(&job.url, &job.options)).await;
     match result {
         Ok(Ok(rendered)) => {
             let blocked = lease.blocked();

@@ -1,5 +1,14 @@
-//! Rendering one job on one page: viewport, navigation, the wait condition,
-//! and the capture.
+//! Rendering one job on one page: the page's session set-up, viewport,
+//! navigation and status, wait conditions, and the capture.
+//!
+//! A [`Tab`] is a target in its own browser context, attached over the
+//! worker's own CDP connection ([`crate::cdp`]) with only what a render
+//! needs: `Page` (load, frames and dialogs), `Fetch` (the request check
+//! inside the browser, and the main document's status) and, for a job that
+//! waits for the network to go quiet, `Network`. The set-up calls are sent
+//! at once and answered together. A pump task per tab answers paused
+//! requests and dialogs as they come, without waiting for Chromium's reply,
+//! so no request waits for another's answer.
 //!
 //! Every call into Chromium has its own timeout (`cdp_timeout`) except the
 //! navigation and the wait condition, which the caller's per-job timeout
@@ -8,25 +17,33 @@
 //! viewport, instead of resizing the viewport (which would also reset the
 //! scale).
 
-use std::future::Future;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
-use chromiumoxide::cdp::browser_protocol::fetch::{self, EventRequestPaused};
+use chromiumoxide::cdp::browser_protocol::fetch::{
+    self, AuthChallengeResponse, AuthChallengeResponseResponse, ContinueWithAuthParams,
+    EventAuthRequired, EventRequestPaused, RequestStage,
+};
 use chromiumoxide::cdp::browser_protocol::network::{
-    EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
-    RequestId, ResourceType,
+    self, ErrorReason, EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, RequestId,
+    ResourceType,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
-    CaptureScreenshotFormat, CaptureScreenshotParams, DialogType, EventJavascriptDialogOpening,
-    GetLayoutMetricsParams, HandleJavaScriptDialogParams, NavigateParams, Viewport,
+    self, CaptureScreenshotFormat, CaptureScreenshotParams, DialogType, EventFrameNavigated,
+    EventJavascriptDialogOpening, EventLifecycleEvent, GetLayoutMetricsParams,
+    HandleJavaScriptDialogParams, NavigateParams, SetLifecycleEventsEnabledParams, Viewport,
 };
+use chromiumoxide::cdp::browser_protocol::target::{SessionId, TargetId};
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
-use chromiumoxide::page::Page;
-use futures::{FutureExt, StreamExt};
+use chromiumoxide::types::Command;
+use tokio::sync::mpsc;
 use url2png_core::job::{ImageFormat, RenderOptions, WaitFor};
 use url2png_core::policy::UrlPolicy;
+
+use crate::cdp::{Cdp, CdpError, Event, Events};
 
 /// The image and what is known about it.
 #[derive(Debug, Clone)]
@@ -79,6 +96,13 @@ impl RenderError {
     pub fn suspects_browser(&self) -> bool {
         matches!(self, Self::CdpTimeout(..) | Self::Cdp(..))
     }
+
+    fn from_cdp(name: &'static str, error: CdpError) -> Self {
+        match error {
+            CdpError::Timeout { timeout, .. } => Self::CdpTimeout(name, timeout),
+            other => Self::Cdp(name, other.to_string()),
+        }
+    }
 }
 
 /// Network errors that no retry will fix: the name does not exist, the URL
@@ -111,80 +135,495 @@ fn is_permanent_net_error(text: &str) -> bool {
     PERMANENT.iter().any(|p| text.contains(p))
 }
 
-async fn cdp<T, E: std::fmt::Display>(
-    name: &'static str,
-    timeout: Duration,
-    call: impl Future<Output = Result<T, E>>,
-) -> Result<T, RenderError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(RenderError::Cdp(name, e.to_string())),
-        Err(_) => Err(RenderError::CdpTimeout(name, timeout)),
-    }
+/// The second layer of the URL policy, inside Chromium: every request a
+/// job's page makes is paused (CDP `Fetch`) and let through only if its
+/// scheme is http(s) or ws(s) and, for an address literal, the address is
+/// allowed. The egress proxy remains the layer that checks what names
+/// resolve to.
+#[derive(Debug, Clone)]
+pub struct RequestCheck {
+    pub policy: Arc<UrlPolicy>,
+    /// Counts the requests refused here.
+    pub refused: prometheus::IntCounter,
 }
 
-/// The second layer of the URL policy, inside Chromium: every request the
-/// page's own session makes is paused (CDP `Fetch` domain) and let through
-/// only if its scheme is http(s) or ws(s) and, for an address literal, the
-/// address is allowed. The egress proxy remains the layer that checks what
-/// names resolve to. Dropping the guard stops it.
-pub struct RequestGuard {
-    task: tokio::task::JoinHandle<()>,
+/// How a tab is set up and how long its calls may take.
+#[derive(Clone)]
+pub struct TabSettings {
+    /// The in-browser request check; `None` lets every request through
+    /// (the egress proxy, when on, still checks each one).
+    pub check: Option<RequestCheck>,
+    /// Budget of every single call.
+    pub cdp_timeout: Duration,
+    /// Longest wait for `Page.navigate` to answer (the job's own timeout is
+    /// usually shorter and bounds it first).
+    pub navigation_timeout: Duration,
 }
 
-impl Drop for RequestGuard {
+/// What the pump saw of the main document.
+#[derive(Debug, Default)]
+struct Document {
+    /// Status of the main frame's latest document response.
+    status: Option<u16>,
+    /// The egress guard's refusal header on that response.
+    blocked: Option<String>,
+    /// The main document asked for credentials.
+    auth_required: bool,
+}
+
+/// A target in its own browser context, attached and set up for one job.
+pub struct Tab {
+    cdp: Cdp,
+    session: SessionId,
+    /// The target's id, which is also its main frame's id.
+    target: TargetId,
+    settings: TabSettings,
+    /// Lifecycle, frame and network events the pump passes on.
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
+    document: Arc<Mutex<Document>>,
+    /// Whether `Network` events are passed on (a job waiting for the
+    /// network to go quiet enables the domain itself).
+    network: Arc<std::sync::atomic::AtomicBool>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tab {
     fn drop(&mut self) {
-        self.task.abort();
+        self.pump.abort();
+        self.cdp.forget(&self.session);
     }
 }
 
-impl RequestGuard {
-    /// Start pausing and checking the requests of `page`.
+impl Tab {
+    /// Set up an attached target: `Page` with lifecycle events, and `Fetch`
+    /// for the request check and the main document's response. The calls
+    /// are pipelined: one round trip in all.
     pub async fn start(
-        page: &Page,
-        policy: std::sync::Arc<UrlPolicy>,
-        blocked: prometheus::IntCounter,
-        cdp_timeout: Duration,
+        cdp: Cdp,
+        target: TargetId,
+        session: SessionId,
+        events: Events,
+        settings: TabSettings,
     ) -> Result<Self, RenderError> {
-        let mut paused = cdp(
-            "listen Fetch.requestPaused",
-            cdp_timeout,
-            page.event_listener::<EventRequestPaused>(),
-        )
-        .await?;
-        let enable = fetch::EnableParams::builder()
-            .pattern(fetch::RequestPattern::builder().url_pattern("*").build())
-            .build();
-        cdp("Fetch.enable", cdp_timeout, page.execute(enable)).await?;
-        let page = page.clone();
-        let task = tokio::spawn(async move {
-            while let Some(event) = paused.next().await {
-                let url = &event.request.url;
-                let verdict = check_request(&policy, url);
-                let id = event.request_id.clone();
-                let sent = match verdict {
-                    Ok(()) => page
-                        .execute(fetch::ContinueRequestParams::new(id))
-                        .await
-                        .map(|_| ()),
-                    Err(reason) => {
-                        tracing::info!(url = %truncate(url, 200), reason, "request refused in the browser");
-                        blocked.inc();
-                        page.execute(fetch::FailRequestParams::new(
-                            id,
-                            chromiumoxide::cdp::browser_protocol::network::ErrorReason::BlockedByClient,
-                        ))
-                        .await
-                        .map(|_| ())
+        let timeout = settings.cdp_timeout;
+        let sid = Some(session.as_ref());
+        // Every request of the page when checking; the main document's
+        // response (its status) in any case.
+        let mut patterns = Vec::new();
+        if settings.check.is_some() {
+            patterns.push(fetch::RequestPattern {
+                url_pattern: Some("*".into()),
+                resource_type: None,
+                request_stage: Some(RequestStage::Request),
+            });
+        }
+        patterns.push(fetch::RequestPattern {
+            url_pattern: Some("*".into()),
+            resource_type: Some(ResourceType::Document),
+            request_stage: Some(RequestStage::Response),
+        });
+        let fetch_enable = fetch::EnableParams {
+            patterns: Some(patterns),
+            handle_auth_requests: Some(true),
+        };
+        let (page, lifecycle, fetch) = futures::join!(
+            cdp.call(sid, page::EnableParams::default(), timeout),
+            cdp.call(sid, SetLifecycleEventsEnabledParams::new(true), timeout),
+            cdp.call(sid, fetch_enable, timeout),
+        );
+        page.map_err(|e| RenderError::from_cdp("Page.enable", e))?;
+        lifecycle.map_err(|e| RenderError::from_cdp("Page.setLifecycleEventsEnabled", e))?;
+        fetch.map_err(|e| RenderError::from_cdp("Fetch.enable", e))?;
+        let (forward, forwarded) = mpsc::unbounded_channel();
+        let document = Arc::new(Mutex::new(Document::default()));
+        let network = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pump = tokio::spawn(pump(
+            cdp.clone(),
+            session.clone(),
+            target.clone(),
+            events,
+            settings.check.clone(),
+            document.clone(),
+            network.clone(),
+            forward,
+        ));
+        Ok(Self {
+            cdp,
+            session,
+            target,
+            settings,
+            events: tokio::sync::Mutex::new(forwarded),
+            document,
+            network,
+            pump,
+        })
+    }
+
+    async fn call<C: Command>(
+        &self,
+        name: &'static str,
+        command: C,
+        timeout: Duration,
+    ) -> Result<C::Response, RenderError> {
+        self.cdp
+            .call(Some(self.session.as_ref()), command, timeout)
+            .await
+            .map_err(|e| RenderError::from_cdp(name, e))
+    }
+
+    /// Render `url` as `options` say. The caller bounds the whole call with
+    /// the job's timeout.
+    pub async fn render(
+        &self,
+        url: &str,
+        options: &RenderOptions,
+    ) -> Result<Rendered, RenderError> {
+        let timeout = self.settings.cdp_timeout;
+        let mut events = self.events.lock().await;
+        let metrics = self.call(
+            "Emulation.setDeviceMetricsOverride",
+            SetDeviceMetricsOverrideParams::new(
+                i64::from(options.width),
+                i64::from(options.height),
+                options.device_scale_factor,
+                false,
+            ),
+            timeout,
+        );
+        if matches!(options.wait_for, WaitFor::NetworkIdle) {
+            self.network
+                .store(true, std::sync::atomic::Ordering::Release);
+            let (metrics, network) = futures::join!(
+                metrics,
+                self.call("Network.enable", network::EnableParams::default(), timeout)
+            );
+            metrics?;
+            network?;
+        } else {
+            metrics.await?;
+        }
+
+        let navigation = self
+            .call(
+                "Page.navigate",
+                NavigateParams::new(url),
+                self.settings.navigation_timeout,
+            )
+            .await?;
+        if let Some(text) = navigation.error_text {
+            return Err(navigation_error(text));
+        }
+        // The document this navigation made, and any a client redirect
+        // makes after it, count; an earlier one (about:blank) does not.
+        let mut loaders: HashSet<String> = HashSet::new();
+        let mut committed = false;
+        if let Some(loader) = &navigation.loader_id {
+            loaders.insert(loader.as_ref().to_owned());
+        }
+        let mut network = NetworkIdle::default();
+        loop {
+            let Some(event) = events.recv().await else {
+                return Err(RenderError::Cdp(
+                    "Page.navigate",
+                    "the page went away".into(),
+                ));
+            };
+            network.observe(&event);
+            if let Some(nav) = event.decode::<EventFrameNavigated>() {
+                if nav.frame.parent_id.is_none() {
+                    let loader = nav.frame.loader_id.as_ref().to_owned();
+                    if committed || loaders.contains(&loader) {
+                        committed = true;
+                        loaders.insert(loader);
                     }
-                };
-                if sent.is_err() {
-                    // The page is going away.
-                    return;
+                }
+            } else if let Some(life) = event.decode::<EventLifecycleEvent>()
+                && life.name == "load"
+                && life.frame_id.as_ref() == self.target.as_ref()
+                && loaders.contains(life.loader_id.as_ref())
+            {
+                break;
+            }
+        }
+
+        let (status, blocked, auth) = {
+            let document = self.document.lock().expect("document");
+            (
+                document.status,
+                document.blocked.clone(),
+                document.auth_required,
+            )
+        };
+        if let Some(reason) = blocked {
+            return Err(RenderError::Blocked(reason));
+        }
+        if auth {
+            return Err(RenderError::Navigation {
+                text: "net::ERR_INVALID_AUTH_CREDENTIALS (the page asks for credentials)".into(),
+                permanent: true,
+            });
+        }
+        if options.fail_on_http_error
+            && let Some(code) = status.filter(|s| *s >= 400)
+        {
+            return Err(RenderError::HttpStatus(code));
+        }
+
+        match &options.wait_for {
+            WaitFor::Load => {}
+            WaitFor::NetworkIdle => network.wait(&mut events).await,
+            WaitFor::Selector(selector) => self.wait_for_selector(selector).await?,
+        }
+        drop(events);
+        if options.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(options.delay_ms.into())).await;
+        }
+
+        self.capture(options).await.map(|mut r| {
+            r.status = status;
+            r
+        })
+    }
+
+    /// Resolve once an element matches `selector`, watching DOM mutations
+    /// rather than polling. An invalid selector fails at once.
+    async fn wait_for_selector(&self, selector: &str) -> Result<(), RenderError> {
+        const SCRIPT: &str = r#"(sel) => new Promise((resolve, reject) => {
+            try { if (document.querySelector(sel)) return resolve(true); }
+            catch (e) { return reject(new Error("invalid selector")); }
+            const obs = new MutationObserver(() => {
+                if (document.querySelector(sel)) { obs.disconnect(); resolve(true); }
+            });
+            obs.observe(document, { childList: true, subtree: true, attributes: true });
+        })"#;
+        // A JSON string is a valid JavaScript string literal: no injection.
+        let literal = serde_json::to_string(selector).unwrap_or_else(|_| "\"\"".into());
+        let params = EvaluateParams::builder()
+            .expression(format!("({SCRIPT})({literal})"))
+            .await_promise(true)
+            .return_by_value(true)
+            .build()
+            .map_err(|e| RenderError::Cdp("Runtime.evaluate", e))?;
+        // The job's timeout bounds the wait.
+        let result = self
+            .call("Runtime.evaluate", params, self.settings.navigation_timeout)
+            .await?;
+        if let Some(exception) = result.exception_details {
+            let text = exception
+                .exception
+                .and_then(|e| e.description)
+                .unwrap_or(exception.text);
+            if text.contains("invalid selector") {
+                return Err(RenderError::InvalidSelector(selector.to_owned()));
+            }
+            return Err(RenderError::Cdp("Runtime.evaluate", text));
+        }
+        Ok(())
+    }
+
+    async fn capture(&self, options: &RenderOptions) -> Result<Rendered, RenderError> {
+        let timeout = self.settings.cdp_timeout;
+        let scale = options.device_scale_factor;
+        let (css_height, truncated, clip) = if options.full_page {
+            let metrics = self
+                .call(
+                    "Page.getLayoutMetrics",
+                    GetLayoutMetricsParams::default(),
+                    timeout,
+                )
+                .await?;
+            let content = metrics.css_content_size.height.ceil().max(1.0);
+            let limit = f64::from(options.full_page_height_limit());
+            let height = content.min(limit);
+            let clip = Viewport {
+                x: 0.0,
+                y: 0.0,
+                width: f64::from(options.width),
+                height,
+                scale: 1.0,
+            };
+            (height as u32, content > limit, Some(clip))
+        } else {
+            (options.height, false, None)
+        };
+        let format = match options.format {
+            ImageFormat::Png => CaptureScreenshotFormat::Png,
+            ImageFormat::Jpeg => CaptureScreenshotFormat::Jpeg,
+            ImageFormat::Webp => CaptureScreenshotFormat::Webp,
+        };
+        let params = CaptureScreenshotParams {
+            format: Some(format),
+            quality: options.effective_quality().map(i64::from),
+            clip,
+            from_surface: Some(true),
+            capture_beyond_viewport: Some(options.full_page),
+            optimize_for_speed: None,
+        };
+        // Encoding a large image takes a while; give the capture more than a
+        // plain call.
+        let data = self
+            .call("Page.captureScreenshot", params, timeout * 3)
+            .await?
+            .data;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(AsRef::<[u8]>::as_ref(&data))
+            .map_err(|e| {
+                RenderError::Cdp("Page.captureScreenshot", format!("bad image data: {e}"))
+            })?;
+        let px = |css: u32| (f64::from(css) * scale).round() as u32;
+        Ok(Rendered {
+            bytes,
+            width: px(options.width),
+            height: px(css_height),
+            truncated,
+            status: None,
+        })
+    }
+}
+
+/// Answer what must be answered at once (paused requests, credential
+/// prompts, dialogs), note the main document's response, and pass the rest
+/// on. Answers are written without waiting for Chromium's reply, so
+/// requests are let through concurrently, in the order they paused.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    cdp: Cdp,
+    session: SessionId,
+    target: TargetId,
+    mut events: Events,
+    check: Option<RequestCheck>,
+    document: Arc<Mutex<Document>>,
+    network: Arc<std::sync::atomic::AtomicBool>,
+    forward: mpsc::UnboundedSender<Event>,
+) {
+    let sid = Some(session.as_ref());
+    while let Some(event) = events.recv().await {
+        if let Some(paused) = event.decode::<EventRequestPaused>() {
+            let main_document = paused.resource_type == ResourceType::Document
+                && paused.frame_id.as_ref() == target.as_ref();
+            let at_response =
+                paused.response_status_code.is_some() || paused.response_error_reason.is_some();
+            let verdict = match (&check, at_response) {
+                (Some(check), false) => check_request(&check.policy, &paused.request.url)
+                    .inspect_err(|reason| {
+                        tracing::info!(url = %truncate(&paused.request.url, 200), reason, "request refused in the browser");
+                        check.refused.inc();
+                    }),
+                _ => Ok(()),
+            };
+            if at_response && main_document {
+                let mut doc = document.lock().expect("document");
+                doc.status = paused
+                    .response_status_code
+                    .and_then(|s| u16::try_from(s).ok());
+                doc.blocked = paused.response_headers.iter().flatten().find_map(|h| {
+                    h.name
+                        .eq_ignore_ascii_case(crate::egress::BLOCKED_HEADER)
+                        .then(|| h.value.clone())
+                });
+            }
+            let sent = match verdict {
+                Ok(()) => cdp.send(sid, &fetch::ContinueRequestParams::new(paused.request_id)),
+                Err(_) => cdp.send(
+                    sid,
+                    &fetch::FailRequestParams::new(paused.request_id, ErrorReason::BlockedByClient),
+                ),
+            };
+            if sent.is_err() {
+                return;
+            }
+        } else if let Some(auth) = event.decode::<EventAuthRequired>() {
+            // A job has no credentials to give: cancel, and fail the job if
+            // it was the page itself that asked.
+            if auth.resource_type == ResourceType::Document
+                && auth.frame_id.as_ref() == target.as_ref()
+            {
+                document.lock().expect("document").auth_required = true;
+            }
+            let cancel = ContinueWithAuthParams::new(
+                auth.request_id,
+                AuthChallengeResponse::new(AuthChallengeResponseResponse::CancelAuth),
+            );
+            if cdp.send(sid, &cancel).is_err() {
+                return;
+            }
+        } else if let Some(dialog) = event.decode::<EventJavascriptDialogOpening>() {
+            // A page's `alert`, `confirm`, `prompt` or `beforeunload`
+            // dialog would block it until answered: answer each at once,
+            // as a user who only clicks it away would (OK for alerts and
+            // leaving, Cancel for questions).
+            let accept = matches!(dialog.r#type, DialogType::Alert | DialogType::Beforeunload);
+            tracing::debug!(kind = ?dialog.r#type, accept, "answering a page dialog");
+            if cdp
+                .send(sid, &HandleJavaScriptDialogParams::new(accept))
+                .is_err()
+            {
+                return;
+            }
+        } else if event.is::<EventLifecycleEvent>()
+            || event.is::<EventFrameNavigated>()
+            || (network.load(std::sync::atomic::Ordering::Acquire)
+                && (event.is::<EventRequestWillBeSent>()
+                    || event.is::<EventLoadingFinished>()
+                    || event.is::<EventLoadingFailed>()))
+        {
+            let _ = forward.send(event);
+        }
+    }
+}
+
+/// How long no request may be in flight for the network to count as idle.
+const NETWORK_QUIET: Duration = Duration::from_millis(500);
+
+/// Requests in flight, counted from `Network` events (only a job waiting
+/// for the network to go quiet has them). A request counts until its body
+/// is fully loaded (a response whose body the page never reads keeps the
+/// network busy, as in Chromium's own notion). Requests are counted here
+/// rather than relying on Chromium's `networkIdle` lifecycle event, which
+/// headless mode does not always send.
+#[derive(Default)]
+struct NetworkIdle {
+    in_flight: HashSet<RequestId>,
+}
+
+impl NetworkIdle {
+    fn observe(&mut self, event: &Event) {
+        if let Some(sent) = event.decode::<EventRequestWillBeSent>() {
+            self.in_flight.insert(sent.request_id);
+        } else if let Some(done) = event.decode::<EventLoadingFinished>() {
+            self.in_flight.remove(&done.request_id);
+        } else if let Some(failed) = event.decode::<EventLoadingFailed>() {
+            self.in_flight.remove(&failed.request_id);
+        }
+    }
+
+    /// Resolve once no request has been in flight for [`NETWORK_QUIET`].
+    async fn wait(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        loop {
+            while !self.in_flight.is_empty() {
+                match events.recv().await {
+                    Some(event) => self.observe(&event),
+                    // The page is gone; nothing more will load.
+                    None => return,
                 }
             }
-        });
-        Ok(Self { task })
+            let quiet = tokio::time::sleep(NETWORK_QUIET);
+            tokio::pin!(quiet);
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => {
+                            self.observe(&event);
+                            if !self.in_flight.is_empty() {
+                                break;
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = &mut quiet => return,
+                }
+            }
+        }
     }
 }
 
@@ -215,329 +654,11 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Render `url` on `page` as `options` say. The caller bounds the whole
-/// call with the job's timeout.
-pub async fn render(
-    page: &Page,
-    url: &str,
-    options: &RenderOptions,
-    cdp_timeout: Duration,
-) -> Result<Rendered, RenderError> {
-    cdp(
-        "Emulation.setDeviceMetricsOverride",
-        cdp_timeout,
-        page.execute(SetDeviceMetricsOverrideParams::new(
-            i64::from(options.width),
-            i64::from(options.height),
-            options.device_scale_factor,
-            false,
-        )),
-    )
-    .await?;
-
-    // A page's `alert`, `confirm`, `prompt` or `beforeunload` dialog
-    // would block it until answered: answer each at once, as a user who
-    // only clicks it away would (OK for alerts and leaving, Cancel for
-    // questions).
-    let dialogs = cdp(
-        "listen Page.javascriptDialogOpening",
-        cdp_timeout,
-        page.event_listener::<EventJavascriptDialogOpening>(),
-    )
-    .await?;
-    let _dialogs = DismissDialogs(tokio::spawn(dismiss_dialogs(
-        page.clone(),
-        dialogs,
-        cdp_timeout,
-    )));
-
-    // Listen before navigating, so no event of this navigation is missed.
-    let mut responses = cdp(
-        "listen Network.responseReceived",
-        cdp_timeout,
-        page.event_listener::<EventResponseReceived>(),
-    )
-    .await?;
-    let mut network = match options.wait_for {
-        WaitFor::NetworkIdle => Some(network_events(page, cdp_timeout).await?),
-        _ => None,
-    };
-
-    // Page.navigate resolves once the page has loaded (the `load` event).
-    let navigation = page
-        .execute(NavigateParams::new(url))
-        .await
-        .map_err(|e| RenderError::Cdp("Page.navigate", e.to_string()))?
-        .result;
-    if let Some(text) = navigation.error_text {
-        return Err(navigation_error(text));
-    }
-    let loader = navigation.loader_id;
-
-    // The main document's final response (after redirects) carries the
-    // status. Events up to `load` are already queued.
-    let mut status = None;
-    let mut blocked = None;
-    while let Some(Some(event)) = responses.next().now_or_never() {
-        if event.r#type == ResourceType::Document && Some(&event.loader_id) == loader.as_ref() {
-            status = u16::try_from(event.response.status).ok();
-            // The egress guard answers a refused document itself.
-            blocked = event
-                .response
-                .headers
-                .inner()
-                .as_object()
-                .and_then(|h| {
-                    h.iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(crate::egress::BLOCKED_HEADER))
-                })
-                .map(|(_, v)| v.as_str().unwrap_or_default().to_owned());
-        }
-    }
-    if let Some(reason) = blocked {
-        return Err(RenderError::Blocked(reason));
-    }
-    drop(responses);
-    if options.fail_on_http_error
-        && let Some(code) = status.filter(|s| *s >= 400)
-    {
-        return Err(RenderError::HttpStatus(code));
-    }
-
-    match &options.wait_for {
-        WaitFor::Load => {}
-        WaitFor::NetworkIdle => {
-            if let Some(events) = network.as_mut() {
-                wait_for_network_idle(events).await;
-            }
-        }
-        WaitFor::Selector(selector) => wait_for_selector(page, selector).await?,
-    }
-    drop(network);
-    if options.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(options.delay_ms.into())).await;
-    }
-
-    capture(page, options, cdp_timeout).await.map(|mut r| {
-        r.status = status;
-        r
-    })
-}
-
-/// The task answering a page's dialogs; stopped when the render ends.
-struct DismissDialogs(tokio::task::JoinHandle<()>);
-
-impl Drop for DismissDialogs {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn dismiss_dialogs(
-    page: Page,
-    mut dialogs: chromiumoxide::listeners::EventStream<EventJavascriptDialogOpening>,
-    cdp_timeout: Duration,
-) {
-    while let Some(dialog) = dialogs.next().await {
-        let accept = matches!(dialog.r#type, DialogType::Alert | DialogType::Beforeunload);
-        tracing::debug!(kind = ?dialog.r#type, accept, "answering a page dialog");
-        let answer = HandleJavaScriptDialogParams::new(accept);
-        if let Err(e) = cdp(
-            "Page.handleJavaScriptDialog",
-            cdp_timeout,
-            page.execute(answer),
-        )
-        .await
-        {
-            tracing::debug!(error = %e, "cannot answer a page dialog");
-        }
-    }
-}
-
-/// How long no request may be in flight for the network to count as idle.
-const NETWORK_QUIET: Duration = Duration::from_millis(500);
-
-enum NetworkEvent {
-    Started(RequestId),
-    Ended(RequestId),
-}
-
-type NetworkStream = futures::stream::BoxStream<'static, NetworkEvent>;
-
-/// Requests starting and ending on `page`, from now on.
-async fn network_events(page: &Page, cdp_timeout: Duration) -> Result<NetworkStream, RenderError> {
-    let sent = cdp(
-        "listen Network.requestWillBeSent",
-        cdp_timeout,
-        page.event_listener::<EventRequestWillBeSent>(),
-    )
-    .await?
-    .map(|e| NetworkEvent::Started(e.request_id.clone()));
-    let finished = cdp(
-        "listen Network.loadingFinished",
-        cdp_timeout,
-        page.event_listener::<EventLoadingFinished>(),
-    )
-    .await?
-    .map(|e| NetworkEvent::Ended(e.request_id.clone()));
-    let failed = cdp(
-        "listen Network.loadingFailed",
-        cdp_timeout,
-        page.event_listener::<EventLoadingFailed>(),
-    )
-    .await?
-    .map(|e| NetworkEvent::Ended(e.request_id.clone()));
-    Ok(futures::stream::select(sent, futures::stream::select(finished, failed)).boxed())
-}
-
-/// Resolve once no request has been in flight for [`NETWORK_QUIET`]. A
-/// request counts until its body is fully loaded (a response whose body the
-/// page never reads keeps the network busy, as in Chromium's own notion).
-/// Requests are counted here rather than relying on Chromium's
-/// `networkIdle` lifecycle event, which headless mode does not always send.
-async fn wait_for_network_idle(events: &mut NetworkStream) {
-    let mut in_flight = std::collections::HashSet::new();
-    loop {
-        let quiet = tokio::time::sleep(NETWORK_QUIET);
-        tokio::pin!(quiet);
-        loop {
-            tokio::select! {
-                event = events.next() => {
-                    match event {
-                        Some(NetworkEvent::Started(id)) => { in_flight.insert(id); }
-                        Some(NetworkEvent::Ended(id)) => { in_flight.remove(&id); }
-                        // The page is gone; nothing more will load.
-                        None => return,
-                    }
-                    if !in_flight.is_empty() {
-                        break;
-                    }
-                    quiet.as_mut().reset(tokio::time::Instant::now() + NETWORK_QUIET);
-                }
-                _ = &mut quiet, if in_flight.is_empty() => return,
-            }
-        }
-        // Something is loading: wait until it all ends, then be quiet again.
-        while !in_flight.is_empty() {
-            match events.next().await {
-                Some(NetworkEvent::Started(id)) => {
-                    in_flight.insert(id);
-                }
-                Some(NetworkEvent::Ended(id)) => {
-                    in_flight.remove(&id);
-                }
-                None => return,
-            }
-        }
-    }
-}
-
 fn navigation_error(text: String) -> RenderError {
     RenderError::Navigation {
         permanent: is_permanent_net_error(&text),
         text,
     }
-}
-
-/// Resolve once an element matches `selector`, watching DOM mutations
-/// rather than polling. An invalid selector fails at once.
-async fn wait_for_selector(page: &Page, selector: &str) -> Result<(), RenderError> {
-    const SCRIPT: &str = r#"(sel) => new Promise((resolve, reject) => {
-        try { if (document.querySelector(sel)) return resolve(true); }
-        catch (e) { return reject(new Error("invalid selector")); }
-        const obs = new MutationObserver(() => {
-            if (document.querySelector(sel)) { obs.disconnect(); resolve(true); }
-        });
-        obs.observe(document, { childList: true, subtree: true, attributes: true });
-    })"#;
-    // A JSON string is a valid JavaScript string literal: no injection.
-    let literal = serde_json::to_string(selector).unwrap_or_else(|_| "\"\"".into());
-    let params = EvaluateParams::builder()
-        .expression(format!("({SCRIPT})({literal})"))
-        .await_promise(true)
-        .return_by_value(true)
-        .build()
-        .map_err(|e| RenderError::Cdp("Runtime.evaluate", e))?;
-    let result = page
-        .execute(params)
-        .await
-        .map_err(|e| RenderError::Cdp("Runtime.evaluate", e.to_string()))?
-        .result;
-    if let Some(exception) = result.exception_details {
-        let text = exception
-            .exception
-            .and_then(|e| e.description)
-            .unwrap_or(exception.text);
-        if text.contains("invalid selector") {
-            return Err(RenderError::InvalidSelector(selector.to_owned()));
-        }
-        return Err(RenderError::Cdp("Runtime.evaluate", text));
-    }
-    Ok(())
-}
-
-async fn capture(
-    page: &Page,
-    options: &RenderOptions,
-    cdp_timeout: Duration,
-) -> Result<Rendered, RenderError> {
-    let scale = options.device_scale_factor;
-    let (css_height, truncated, clip) = if options.full_page {
-        let metrics = cdp(
-            "Page.getLayoutMetrics",
-            cdp_timeout,
-            page.execute(GetLayoutMetricsParams::default()),
-        )
-        .await?
-        .result;
-        let content = metrics.css_content_size.height.ceil().max(1.0);
-        let limit = f64::from(options.full_page_height_limit());
-        let height = content.min(limit);
-        let clip = Viewport {
-            x: 0.0,
-            y: 0.0,
-            width: f64::from(options.width),
-            height,
-            scale: 1.0,
-        };
-        (height as u32, content > limit, Some(clip))
-    } else {
-        (options.height, false, None)
-    };
-    let format = match options.format {
-        ImageFormat::Png => CaptureScreenshotFormat::Png,
-        ImageFormat::Jpeg => CaptureScreenshotFormat::Jpeg,
-        ImageFormat::Webp => CaptureScreenshotFormat::Webp,
-    };
-    let params = CaptureScreenshotParams {
-        format: Some(format),
-        quality: options.effective_quality().map(i64::from),
-        clip,
-        from_surface: Some(true),
-        capture_beyond_viewport: Some(options.full_page),
-        optimize_for_speed: None,
-    };
-    // Encoding a large image takes a while; give the capture more than a
-    // plain call.
-    let data = cdp(
-        "Page.captureScreenshot",
-        cdp_timeout * 3,
-        page.execute(params),
-    )
-    .await?
-    .result
-    .data;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(AsRef::<[u8]>::as_ref(&data))
-        .map_err(|e| RenderError::Cdp("Page.captureScreenshot", format!("bad image data: {e}")))?;
-    let px = |css: u32| (f64::from(css) * scale).round() as u32;
-    Ok(Rendered {
-        bytes,
-        width: px(options.width),
-        height: px(css_height),
-        truncated,
-        status: None,
-    })
 }
 
 #[cfg(test)]
