@@ -1,48 +1,73 @@
 //! `url2png-bench`: how fast the worker renders, measured in one run
-//! against two references on the same machine and pages:
+//! against the references a user would compare it with, on the same
+//! machine, emulator and pages:
 //!
 //! - the book-style setting of the same binary: one message per receive,
 //!   one job at a time, a fresh browser per job, a 1 s pause between polls;
-//! - the ceiling: a bare loop that only navigates and screenshots, with as
-//!   many warm tabs as the worker's best setting has slots and no isolation
-//!   between jobs.
+//! - the peer a Node team would deploy (`bench/peer/`): sqs-consumer with
+//!   batch size 10, puppeteer-cluster with a context per job, the AWS SDK
+//!   v3, `load`, PNG;
+//! - the ceilings: a bare CDP loop with a fresh context per job (isolated)
+//!   and one with warm tabs (no isolation), with the worker's Chromium
+//!   flags and as many tabs as the worker's best shape has pages.
 //!
-//! Every job's page is on one of three loopback "sites" (127.0.0.3–5), so
-//! reuse is not flattered by a single origin. SQS requests per job are
-//! counted twice: by the worker's own metrics and in the emulator's request
-//! log. Prints a table; nothing is asserted.
+//! Two page sets: the small fixture page, and a realistic set (many
+//! images, stylesheets, a web font, scripts; `pages.rs`); every job's page
+//! is on one of three loopback sites (127.0.0.3–5). For each run: jobs/s,
+//! machine CPU per job, peak private memory of the process tree, SQS
+//! requests per job (the worker's metrics and the emulator's log). Prints
+//! tables and ratios; nothing is asserted.
 //!
 //! Run: `cargo run --release -p url2png-bench -- --help`.
 
+mod bare;
+mod measure;
+mod pages;
+mod peer;
+
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
-use chromiumoxide::cdp::browser_protocol::page::{
-    CaptureScreenshotFormat, CaptureScreenshotParams,
-};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use url2png_core::{JobMessage, RenderOptions};
-use url2png_testkit::{Fixtures, TestAws, TestBrowser};
+use url2png_testkit::{Fixtures, TestAws};
 use url2png_worker::{Config, Worker};
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmark the worker against a book-style setting and a bare Chromium loop.")]
+#[command(
+    about = "Benchmark the worker against a book-style setting, a Node peer and bare CDP loops."
+)]
 struct Args {
-    /// Jobs per run of the worker's settings and of the ceiling.
-    #[arg(long, default_value_t = 200)]
+    /// Jobs per run on the small page.
+    #[arg(long, default_value_t = 120)]
     jobs: usize,
+    /// Jobs per run on the realistic pages.
+    #[arg(long, default_value_t = 60)]
+    real_jobs: usize,
     /// Jobs for the book-style run (it is slow).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 6)]
     book_jobs: usize,
-    /// Worker settings to try, as BROWSERSxPAGES, comma-separated.
-    #[arg(long, default_value = "2x4,2x6,3x4")]
-    settings: String,
+    /// Page sets to run: `small`, `real`, or both.
+    #[arg(long, default_value = "small,real", value_delimiter = ',')]
+    sets: Vec<String>,
+    /// Worker shapes besides the default, as BROWSERSxPAGES.
+    #[arg(long, default_value = "2x4,1x6", value_delimiter = ',')]
+    settings: Vec<String>,
+    /// puppeteer-cluster slot counts for the peer.
+    #[arg(long, default_value = "4,6,8", value_delimiter = ',')]
+    peer_concurrency: Vec<usize>,
+    /// Skip the peer (no Node.js).
+    #[arg(long)]
+    no_peer: bool,
+    /// More worker flags for every worker run (e.g. `--receive-gather-ms 0`).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    worker_args: String,
+    /// Extra Chromium flags for the worker and the bare loops alike.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    chromium_args: String,
     /// Chromium executable.
     #[arg(long, default_value = "/usr/bin/chromium")]
     chromium_path: String,
@@ -52,8 +77,11 @@ struct Args {
 struct Run {
     name: String,
     jobs: usize,
+    slots: usize,
     seconds: f64,
-    sqs_by_worker: u64,
+    cpu_ms: f64,
+    peak_mib: f64,
+    sqs_by_worker: Option<u64>,
     sqs_in_log: Option<u64>,
 }
 
@@ -61,6 +89,21 @@ impl Run {
     fn rate(&self) -> f64 {
         self.jobs as f64 / self.seconds
     }
+    fn cpu_per_job(&self) -> f64 {
+        self.cpu_ms / self.jobs as f64
+    }
+    fn sqs_per_job(&self) -> Option<f64> {
+        self.sqs_in_log
+            .or(self.sqs_by_worker)
+            .map(|n| n as f64 / self.jobs as f64)
+    }
+}
+
+fn parse_shape(setting: &str) -> anyhow::Result<(usize, usize)> {
+    setting
+        .split_once('x')
+        .and_then(|(b, p)| Some((b.trim().parse().ok()?, p.trim().parse().ok()?)))
+        .with_context(|| format!("setting `{setting}` is not BROWSERSxPAGES"))
 }
 
 #[tokio::main]
@@ -69,141 +112,238 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         url2png_core::telemetry::init_tracing(url2png_core::telemetry::LogFormat::Text)?;
     }
+    if !args.no_peer {
+        peer::install()?;
+    }
     let sites = futures::future::join_all(
         [3u8, 4, 5].map(|last| Fixtures::start_on(IpAddr::from([127, 0, 0, last]))),
     )
     .await;
-    let urls = |n: usize, tag: &str| -> Vec<String> {
-        (0..n)
-            .map(|i| sites[i % sites.len()].url(&format!("/{tag}/{i}")))
-            .collect()
-    };
-
-    let mut runs = Vec::new();
-    eprintln!("book-style: {} jobs", args.book_jobs);
-    runs.push(
-        worker_run(
-            "book-style (batch 1, 1 slot, browser per job, 1 s pause)",
-            &urls(args.book_jobs, "book"),
-            &[
-                "--browsers",
-                "1",
-                "--pages-per-browser",
-                "1",
-                "--concurrency",
-                "1",
-                "--receive-batch-max",
-                "1",
-                "--receive-pollers",
-                "1",
-                "--receive-gather-ms",
-                "0",
-                "--recycle-after",
-                "1",
-                "--spare-pages",
-                "0",
-                "--poll-pause-ms",
-                "1000",
-            ],
-            &args.chromium_path,
-        )
-        .await?,
-    );
-
-    let mut shapes = Vec::new();
-    for setting in args.settings.split(',') {
-        let (browsers, pages) = setting
-            .split_once('x')
-            .and_then(|(b, p)| {
-                Some((
-                    b.trim().parse::<usize>().ok()?,
-                    p.trim().parse::<usize>().ok()?,
-                ))
-            })
-            .with_context(|| format!("setting `{setting}` is not BROWSERSxPAGES"))?;
-        eprintln!("worker {browsers}x{pages}: {} jobs", args.jobs);
-        let (b, p) = (browsers.to_string(), pages.to_string());
-        let run = worker_run(
-            &format!("worker {browsers} browsers x {pages} pages"),
-            &urls(args.jobs, &format!("w{setting}")),
-            &["--browsers", &b, "--pages-per-browser", &p],
-            &args.chromium_path,
-        )
-        .await?;
-        shapes.push((browsers, pages));
-        runs.push(run);
+    for site in &sites {
+        pages::register_real(site)?;
     }
-    let best = (1..runs.len())
-        .max_by(|a, b| runs[*a].rate().total_cmp(&runs[*b].rate()))
-        .context("no worker setting ran")?;
-    let (browsers, pages) = shapes[best - 1];
-    let (b, p) = (browsers.to_string(), pages.to_string());
-    eprintln!(
-        "worker {browsers}x{pages} without the egress guard: {} jobs",
-        args.jobs
-    );
-    let unguarded = worker_run(
-        &format!("worker {browsers} browsers x {pages} pages, egress guard off"),
-        &urls(args.jobs, "unguarded"),
-        &[
-            "--browsers",
-            &b,
-            "--pages-per-browser",
-            &p,
-            "--egress-guard",
-            "false",
-        ],
-        &args.chromium_path,
-    )
-    .await?;
-    let tabs = browsers * pages;
-    eprintln!("ceiling: {tabs} warm tabs, {} jobs", args.jobs);
-    let ceiling = ceiling_run(
-        &urls(args.jobs, "ceiling"),
-        browsers,
-        pages,
-        &args.chromium_path,
-    )
-    .await?;
-
-    let book = &runs[0];
-    let best_run = &runs[best];
-    println!();
-    println!(
-        "| run | jobs | seconds | jobs/s | SQS requests/job (worker) | SQS requests/job (emulator log) |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for run in runs.iter().chain([&unguarded, &ceiling]) {
-        let per_job = |n: u64| format!("{:.3}", n as f64 / run.jobs as f64);
-        println!(
-            "| {} | {} | {:.1} | {:.2} | {} | {} |",
-            run.name,
-            run.jobs,
-            run.seconds,
-            run.rate(),
-            if run.sqs_by_worker > 0 {
-                per_job(run.sqs_by_worker)
-            } else {
-                "-".into()
-            },
-            run.sqs_in_log.map(per_job).unwrap_or_else(|| "-".into()),
+    let chromium_args: Vec<String> = args
+        .chromium_args
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut summary = Vec::new();
+    for set in &args.sets {
+        let (jobs, real) = match set.as_str() {
+            "small" => (args.jobs, false),
+            "real" => (args.real_jobs, true),
+            other => anyhow::bail!("unknown page set `{other}`"),
+        };
+        let urls = |n: usize, tag: &str| -> Vec<String> {
+            (0..n)
+                .map(|i| {
+                    let site = &sites[i % sites.len()];
+                    if real {
+                        site.url(&format!(
+                            "/real/page{}?job={tag}-{i}",
+                            i % pages::REAL_PAGES
+                        ))
+                    } else {
+                        site.url(&format!("/{tag}/{i}"))
+                    }
+                })
+                .collect()
+        };
+        let worker_extra = |mut flags: Vec<String>| {
+            flags.extend(args.worker_args.split_whitespace().map(str::to_owned));
+            if !args.chromium_args.is_empty() {
+                flags.push("--chromium-args".into());
+                flags.push(args.chromium_args.clone());
+            }
+            flags
+        };
+        let mut runs = Vec::new();
+        eprintln!("[{set}] book-style: {} jobs", args.book_jobs);
+        runs.push(
+            worker_run(
+                "book-style (batch 1, 1 slot, browser per job, 1 s pause)",
+                &urls(args.book_jobs, "book"),
+                1,
+                &worker_extra(
+                    [
+                        "--browsers",
+                        "1",
+                        "--pages-per-browser",
+                        "1",
+                        "--concurrency",
+                        "1",
+                        "--receive-batch-max",
+                        "1",
+                        "--receive-pollers",
+                        "1",
+                        "--receive-gather-ms",
+                        "0",
+                        "--recycle-after",
+                        "1",
+                        "--spare-pages",
+                        "0",
+                        "--poll-pause-ms",
+                        "1000",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                ),
+                &args.chromium_path,
+            )
+            .await?,
         );
+        let defaults =
+            Config::try_parse_from(["url2png-worker", "--queue-url", "x", "--bucket", "x"])?;
+        let mut shapes = vec![(defaults.browsers, defaults.pages_per_browser, true)];
+        for setting in &args.settings {
+            let (b, p) = parse_shape(setting)?;
+            if (b, p) != (defaults.browsers, defaults.pages_per_browser) {
+                shapes.push((b, p, false));
+            }
+        }
+        let mut best = (0.0, 0usize, 1);
+        for (b, p, default) in &shapes {
+            eprintln!("[{set}] worker {b}x{p}: {jobs} jobs");
+            let run = worker_run(
+                &format!(
+                    "worker {b} browser(s) x {p} pages{}",
+                    if *default { " (default)" } else { "" }
+                ),
+                &urls(jobs, &format!("w{b}x{p}")),
+                b * p,
+                &worker_extra(vec![
+                    "--browsers".into(),
+                    b.to_string(),
+                    "--pages-per-browser".into(),
+                    p.to_string(),
+                ]),
+                &args.chromium_path,
+            )
+            .await?;
+            if run.rate() > best.0 {
+                best = (run.rate(), runs.len(), b * p);
+            }
+            runs.push(run);
+        }
+        let mut best_peer: Option<usize> = None;
+        if !args.no_peer {
+            for &concurrency in &args.peer_concurrency {
+                eprintln!("[{set}] peer, {concurrency} slots: {jobs} jobs");
+                let run = peer_run(
+                    &urls(jobs, &format!("peer{concurrency}")),
+                    concurrency,
+                    &args.chromium_path,
+                )
+                .await?;
+                if best_peer.is_none_or(|i: usize| run.rate() > runs[i].rate()) {
+                    best_peer = Some(runs.len());
+                }
+                runs.push(run);
+            }
+        }
+        let tabs = best.2;
+        let mut ceilings = Vec::new();
+        for isolated in [true, false] {
+            eprintln!("[{set}] bare CDP loop, {tabs} tabs, isolated {isolated}: {jobs} jobs");
+            let list = urls(jobs, if isolated { "bare-iso" } else { "bare-warm" });
+            let cpu_before = measure::machine_busy_jiffies();
+            let (seconds, peak_mib) =
+                bare::run(&args.chromium_path, &chromium_args, &list, tabs, isolated).await?;
+            let cpu_ms =
+                (measure::machine_busy_jiffies() - cpu_before) as f64 * measure::MS_PER_JIFFY;
+            ceilings.push(runs.len());
+            runs.push(Run {
+                name: format!(
+                    "bare CDP loop, {tabs} tabs, {}",
+                    if isolated {
+                        "fresh context per job"
+                    } else {
+                        "warm tabs (no isolation)"
+                    }
+                ),
+                jobs,
+                slots: tabs,
+                seconds,
+                cpu_ms,
+                peak_mib,
+                sqs_by_worker: None,
+                sqs_in_log: None,
+            });
+        }
+
+        println!();
+        println!(
+            "### {} ({jobs} jobs per run, book-style {})",
+            if real {
+                "realistic pages"
+            } else {
+                "small page"
+            },
+            args.book_jobs
+        );
+        println!();
+        println!(
+            "| run | jobs/s | machine CPU ms/job | peak private MiB | MiB per slot | SQS requests/job (worker) | SQS requests/job (emulator log) |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for run in &runs {
+            let per_job = |n: Option<u64>| {
+                n.map(|n| format!("{:.3}", n as f64 / run.jobs as f64))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "| {} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                run.name,
+                run.rate(),
+                run.cpu_per_job(),
+                run.peak_mib,
+                run.peak_mib / run.slots as f64,
+                per_job(run.sqs_by_worker),
+                per_job(run.sqs_in_log),
+            );
+        }
+        let worker = &runs[best.1];
+        let iso = &runs[ceilings[0]];
+        let warm = &runs[ceilings[1]];
+        let book = &runs[0];
+        println!();
+        println!("best worker shape: {}", worker.name);
+        println!(
+            "- of the isolated ceiling ({tabs} tabs): {:.0} % (goal >= 90 %)",
+            100.0 * worker.rate() / iso.rate()
+        );
+        println!(
+            "- CPU per job / the isolated ceiling's: {:.2} (goal <= 1.15)",
+            worker.cpu_per_job() / iso.cpu_per_job()
+        );
+        println!(
+            "- of the warm ceiling: {:.0} %",
+            100.0 * worker.rate() / warm.rate()
+        );
+        if let Some(peer) = best_peer.map(|i| &runs[i]) {
+            println!(
+                "- vs the best peer ({}): {:.2}x (goal >= 1.5x)",
+                peer.name,
+                worker.rate() / peer.rate()
+            );
+            println!(
+                "- memory per slot / the peer's: {:.2} (goal <= 1)",
+                (worker.peak_mib / worker.slots as f64) / (peer.peak_mib / peer.slots as f64)
+            );
+        }
+        println!(
+            "- vs book-style: {:.1}x (goal >= 6x)",
+            worker.rate() / book.rate()
+        );
+        println!(
+            "- SQS requests per job: {} (goal <= 0.3)",
+            worker
+                .sqs_per_job()
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into())
+        );
+        summary.push(set.clone());
     }
-    println!();
-    println!(
-        "best worker setting ({}): {:.1}x the book-style setting, {:.0}% of the ceiling ({} warm tabs), {:.3} SQS requests per job",
-        best_run.name,
-        best_run.rate() / book.rate(),
-        100.0 * best_run.rate() / ceiling.rate(),
-        tabs,
-        best_run.sqs_in_log.unwrap_or(best_run.sqs_by_worker) as f64 / best_run.jobs as f64,
-    );
-    println!(
-        "egress guard: {:.1}% of throughput ({:.2} jobs/s with it, {:.2} without)",
-        100.0 * (1.0 - best_run.rate() / unguarded.rate()),
-        best_run.rate(),
-        unguarded.rate(),
-    );
     Ok(())
 }
 
@@ -216,7 +356,8 @@ fn sqs_lines(log: Option<&Path>) -> Option<u64> {
 async fn worker_run(
     name: &str,
     urls: &[String],
-    flags: &[&str],
+    slots: usize,
+    flags: &[String],
     chromium: &str,
 ) -> anyhow::Result<Run> {
     let aws = TestAws::start().await;
@@ -240,12 +381,14 @@ async fn worker_run(
         "--egress-allow",
         "127.0.0.0/8",
     ];
-    args.extend_from_slice(flags);
+    args.extend(flags.iter().map(String::as_str));
     let config = Config::try_parse_from(args)?;
     let worker = Worker::start(config, aws.clients.clone()).await?;
     let metrics = worker.metrics().clone();
     let log_before = sqs_lines(aws.moto.log_path());
     let shutdown = CancellationToken::new();
+    let memory = measure::PeakMemory::start(std::process::id());
+    let cpu_before = measure::machine_busy_jiffies();
     let started = Instant::now();
     let task = tokio::spawn(worker.run(shutdown.clone()));
     let stored = || metrics.jobs.with_label_values(&["stored"]).get() as usize;
@@ -256,6 +399,8 @@ async fn worker_run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_ms = (measure::machine_busy_jiffies() - cpu_before) as f64 * measure::MS_PER_JIFFY;
+    let peak_mib = memory.finish().await;
     shutdown.cancel();
     task.await??;
     let sqs_by_worker: u64 = [
@@ -291,68 +436,38 @@ async fn worker_run(
     Ok(Run {
         name: name.into(),
         jobs: jobs.len(),
+        slots,
         seconds,
-        sqs_by_worker,
+        cpu_ms,
+        peak_mib,
+        sqs_by_worker: Some(sqs_by_worker),
         sqs_in_log,
     })
 }
 
-/// Navigate and screenshot in warm tabs, no isolation: the most a browser
-/// pool of this size can do on these pages.
-async fn ceiling_run(
-    urls: &[String],
-    browsers: usize,
-    pages: usize,
-    chromium: &str,
-) -> anyhow::Result<Run> {
-    let mut launched = Vec::new();
-    let mut tabs = Vec::new();
-    for _ in 0..browsers {
-        let launched_browser = TestBrowser::launch_at(chromium, &[])
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let browser = &launched_browser.browser;
-        for _ in 0..pages {
-            let page = browser.new_page("about:blank").await?;
-            page.execute(SetDeviceMetricsOverrideParams::new(1280, 800, 1.0, false))
-                .await?;
-            tabs.push(page);
-        }
-        launched.push(launched_browser);
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let urls = Arc::new(urls.to_vec());
-    let started = Instant::now();
-    let loops = tabs.into_iter().map(|page| {
-        let next = next.clone();
-        let urls = urls.clone();
-        async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::AcqRel);
-                let Some(url) = urls.get(i) else {
-                    return Ok::<_, anyhow::Error>(());
-                };
-                page.goto(url.as_str()).await?;
-                let shot = CaptureScreenshotParams {
-                    format: Some(CaptureScreenshotFormat::Png),
-                    ..CaptureScreenshotParams::default()
-                };
-                page.execute(shot).await?;
-            }
-        }
-    });
-    for result in futures::future::join_all(loops).await {
-        result?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    for browser in launched {
-        browser.close().await;
-    }
+async fn peer_run(urls: &[String], concurrency: usize, chromium: &str) -> anyhow::Result<Run> {
+    let aws = TestAws::start().await;
+    let bodies: Vec<String> = urls
+        .iter()
+        .map(|u| JobMessage::new(u.clone(), RenderOptions::default()).to_json())
+        .collect();
+    aws.send_bodies(&bodies).await;
+    let log_before = sqs_lines(aws.moto.log_path());
+    let cpu_before = measure::machine_busy_jiffies();
+    let (seconds, peak_mib) = peer::run(&aws, chromium, concurrency, urls.len()).await?;
+    let cpu_ms = (measure::machine_busy_jiffies() - cpu_before) as f64 * measure::MS_PER_JIFFY;
+    // The peer's deletes may still be in flight: count after it stopped.
+    let sqs_in_log = sqs_lines(aws.moto.log_path())
+        .zip(log_before)
+        .map(|(after, before)| after - before);
     Ok(Run {
-        name: format!("ceiling: bare loop, {} warm tabs", browsers * pages),
+        name: format!("peer: sqs-consumer + puppeteer-cluster, {concurrency} slots"),
         jobs: urls.len(),
+        slots: concurrency,
         seconds,
-        sqs_by_worker: 0,
-        sqs_in_log: None,
+        cpu_ms,
+        peak_mib,
+        sqs_by_worker: None,
+        sqs_in_log,
     })
 }
