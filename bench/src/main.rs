@@ -2,8 +2,8 @@
 //! against the references a user would compare it with, on the same
 //! machine, emulator and pages:
 //!
-//! - the book-style setting of the same binary: one message per receive,
-//!   one job at a time, a fresh browser per job, a 1 s pause between polls;
+//! - the book-style design (`book.rs`): one message per receive, a browser
+//!   launched for each job, a 1 s sleep between polls;
 //! - the peer a Node team would deploy (`bench/peer/`): sqs-consumer with
 //!   batch size 10, puppeteer-cluster with a context per job, the AWS SDK
 //!   v3, `load`, PNG;
@@ -21,6 +21,7 @@
 //! Run: `cargo run --release -p url2png-bench -- --help`.
 
 mod bare;
+mod book;
 mod measure;
 mod pages;
 mod peer;
@@ -159,39 +160,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let mut runs = Vec::new();
         eprintln!("[{set}] book-style: {} jobs", args.book_jobs);
-        runs.push(
-            worker_run(
-                "book-style (batch 1, 1 slot, browser per job, 1 s pause)",
-                &urls(args.book_jobs, "book"),
-                1,
-                &worker_extra(
-                    [
-                        "--browsers",
-                        "1",
-                        "--pages-per-browser",
-                        "1",
-                        "--concurrency",
-                        "1",
-                        "--receive-batch-max",
-                        "1",
-                        "--receive-pollers",
-                        "1",
-                        "--receive-gather-ms",
-                        "0",
-                        "--recycle-after",
-                        "1",
-                        "--spare-pages",
-                        "0",
-                        "--poll-pause-ms",
-                        "1000",
-                    ]
-                    .map(str::to_owned)
-                    .to_vec(),
-                ),
-                &args.chromium_path,
-            )
-            .await?,
-        );
+        runs.push(book_run(&urls(args.book_jobs, "book"), &args.chromium_path).await?);
         let defaults =
             Config::try_parse_from(["url2png-worker", "--queue-url", "x", "--bucket", "x"])?;
         let mut shapes = vec![(defaults.browsers, defaults.pages_per_browser, true)];
@@ -441,6 +410,34 @@ async fn worker_run(
         cpu_ms,
         peak_mib,
         sqs_by_worker: Some(sqs_by_worker),
+        sqs_in_log,
+    })
+}
+
+async fn book_run(urls: &[String], chromium: &str) -> anyhow::Result<Run> {
+    let aws = TestAws::start().await;
+    let bodies: Vec<String> = urls
+        .iter()
+        .map(|u| JobMessage::new(u.clone(), RenderOptions::default()).to_json())
+        .collect();
+    aws.send_bodies(&bodies).await;
+    let log_before = sqs_lines(aws.moto.log_path());
+    let memory = measure::PeakMemory::start(std::process::id());
+    let cpu_before = measure::machine_busy_jiffies();
+    let seconds = book::run(&aws, chromium, urls.len()).await?;
+    let cpu_ms = (measure::machine_busy_jiffies() - cpu_before) as f64 * measure::MS_PER_JIFFY;
+    let peak_mib = memory.finish().await;
+    let sqs_in_log = sqs_lines(aws.moto.log_path())
+        .zip(log_before)
+        .map(|(after, before)| after - before);
+    Ok(Run {
+        name: "book-style (one message, a browser per job, 1 s sleep)".into(),
+        jobs: urls.len(),
+        slots: 1,
+        seconds,
+        cpu_ms,
+        peak_mib,
+        sqs_by_worker: None,
         sqs_in_log,
     })
 }

@@ -228,12 +228,18 @@ async fn serve(State((shared, count)): State<AppState>, request: Request) -> Res
     if let Ok(v) = HeaderValue::from_str(&page.content_type) {
         headers.insert(header::CONTENT_TYPE, v);
     }
+    // Fixtures are not cached unless a page says how.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut own_cache_control = false;
     for (name, value) in page.headers {
         if let (Ok(n), Ok(v)) = (
             header::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
+            if n == header::CACHE_CONTROL && !own_cache_control {
+                headers.remove(header::CACHE_CONTROL);
+                own_cache_control = true;
+            }
             headers.append(n, v);
         }
     }

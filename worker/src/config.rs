@@ -32,6 +32,14 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
+    /// Messages held ahead of free pages while the queue has a backlog, in
+    /// slots of their own: a receive then asks for this many at once
+    /// instead of one per freed page (fewer SQS requests per job), and a
+    /// page that frees starts the next job without a receive round trip.
+    /// 0 receives only what can start at once.
+    #[arg(long, env = "URL2PNG_PREFETCH", default_value_t = 6)]
+    pub prefetch: usize,
+
     /// Chromium processes in the pool.
     #[arg(long, env = "URL2PNG_BROWSERS", default_value_t = 1)]
     pub browsers: usize,
@@ -60,8 +68,9 @@ pub struct Config {
 
     /// While the queue has a backlog, how long a freed slot may wait for
     /// more to free before receiving, in milliseconds: fewer, fuller
-    /// receives. Ends early once half the slots (up to a batch) are free.
-    #[arg(long, env = "URL2PNG_RECEIVE_GATHER_MS", default_value_t = 1000)]
+    /// receives. Ends early once the prefetch (or half the slots, up to a
+    /// batch) is free, or a page has no prefetched job left to start.
+    #[arg(long, env = "URL2PNG_RECEIVE_GATHER_MS", default_value_t = 3000)]
     pub receive_gather_ms: u64,
 
     /// Pause after every receive, in milliseconds (0 in production; 1000
@@ -99,7 +108,7 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
 
     /// Longest wait before queued deletes are sent, in milliseconds.
-    #[arg(long, env = "URL2PNG_DELETE_FLUSH_MS", default_value_t = 2000)]
+    #[arg(long, env = "URL2PNG_DELETE_FLUSH_MS", default_value_t = 5000)]
     pub delete_flush_ms: u64,
 
     /// First retry delay after a retryable failure, in seconds; it doubles
@@ -137,6 +146,13 @@ pub struct Config {
     /// private and metadata addresses.
     #[arg(long, env = "URL2PNG_EGRESS_GUARD", default_value_t = true, action = clap::ArgAction::Set)]
     pub egress_guard: bool,
+
+    /// With the egress guard on, also check every request inside Chromium
+    /// before it leaves the browser (`true`): a second layer that refuses
+    /// other schemes and refused address literals even if the proxy were
+    /// bypassed. `false` leaves the proxy as the only layer.
+    #[arg(long, env = "URL2PNG_BROWSER_REQUEST_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub browser_request_check: bool,
 
     /// Chromium's sandbox: `auto` (on unless running as root, where
     /// Chromium cannot use it), `on` or `off`.

@@ -14,10 +14,11 @@
 //! apart. Chromium is started with `--proxy-bypass-list=<-loopback>`, so not
 //! even loopback goes around the proxy.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,9 +31,21 @@ use crate::metrics::Metrics;
 pub const BLOCKED_HEADER: &str = "x-url2png-blocked";
 /// Longest request head the proxy reads.
 const MAX_HEAD: usize = 64 * 1024;
-/// Time allowed for a client to send its request head, and for connecting.
+/// Time allowed for a client to send its request head, and for connecting
+/// to a host (all of its addresses together).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an address that does not answer has before the next one is
+/// tried alongside it (RFC 8305's connection attempt delay).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+/// How long a name's checked addresses are reused. A page's sub-resources
+/// ask for the same few hosts over and over; each answer was checked when
+/// it was resolved, and a connection goes only to one of those addresses,
+/// so reuse does not weaken pinning (a rebinding answer is never used
+/// without its check).
+const RESOLVE_TTL: Duration = Duration::from_secs(10);
+/// Names kept at most; the oldest half goes when it is full.
+const RESOLVE_CACHE_MAX: usize = 1024;
 
 /// Whose traffic a proxy carries, as the `scope` label of its metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +74,15 @@ pub struct Blocked {
     pub reason: String,
 }
 
+/// Checked addresses of names, with the time they were resolved.
+type Resolved = HashMap<(String, u16), (Instant, Vec<SocketAddr>)>;
+
 /// What every proxy shares.
 #[derive(Debug, Clone)]
 pub struct Egress {
     policy: Arc<UrlPolicy>,
     metrics: Metrics,
+    resolved: Arc<Mutex<Resolved>>,
 }
 
 impl Egress {
@@ -73,7 +90,31 @@ impl Egress {
         Self {
             policy: Arc::new(policy),
             metrics,
+            resolved: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Check `host:port` and give the addresses to connect to: checked now
+    /// or, for a name, checked when it was resolved less than
+    /// [`RESOLVE_TTL`] ago.
+    async fn admit(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, PolicyError> {
+        let target = self.policy.check_authority(host, port)?;
+        let key = (target.host.clone(), target.port);
+        if let Some((at, addrs)) = self.resolved.lock().expect("resolved").get(&key)
+            && at.elapsed() < RESOLVE_TTL
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = self.policy.resolve(&target).await?;
+        let mut cache = self.resolved.lock().expect("resolved");
+        if cache.len() >= RESOLVE_CACHE_MAX {
+            let mut ages: Vec<Instant> = cache.values().map(|(at, _)| *at).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            cache.retain(|_, (at, _)| *at > cut);
+        }
+        cache.insert(key, (Instant::now(), addrs.clone()));
+        Ok(addrs)
     }
 
     /// The policy the proxies enforce.
@@ -278,7 +319,7 @@ async fn handle(
             host: host.clone(),
             rule: "requests outside a job are not allowed".into(),
         }),
-        Scope::Job => admit(egress.policy(), &host, port).await,
+        Scope::Job => egress.admit(&host, port).await,
     };
     let addrs = match admitted {
         Ok(addrs) => addrs,
@@ -335,22 +376,39 @@ async fn handle(
     Ok(())
 }
 
-/// Check and resolve; the returned addresses are the only ones to use.
-async fn admit(policy: &UrlPolicy, host: &str, port: u16) -> Result<Vec<SocketAddr>, PolicyError> {
-    let target = policy.check_authority(host, port)?;
-    policy.resolve(&target).await
-}
-
+/// Connect to one of `addrs` (all checked): each gets [`ATTEMPT_DELAY`]
+/// before the next is tried beside it, the first to connect wins, and all
+/// together get [`CONNECT_TIMEOUT`]. An address that refuses at once hands
+/// over to the next at once.
 async fn connect_any(addrs: &[SocketAddr]) -> Option<TcpStream> {
-    for addr in addrs {
-        if let Ok(Ok(stream)) =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-        {
-            let _ = stream.set_nodelay(true);
-            return Some(stream);
+    use futures::StreamExt;
+    let attempt = |addr: SocketAddr| async move { TcpStream::connect(addr).await.ok() };
+    let mut pending = addrs.iter().copied();
+    let mut attempts = futures::stream::FuturesUnordered::new();
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        if let Some(addr) = pending.next() {
+            attempts.push(attempt(addr));
+        } else if attempts.is_empty() {
+            return None;
+        }
+        let next_try = tokio::time::sleep(ATTEMPT_DELAY);
+        tokio::pin!(next_try);
+        loop {
+            tokio::select! {
+                done = attempts.next(), if !attempts.is_empty() => match done {
+                    Some(Some(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some(stream);
+                    }
+                    // This one failed: try the next now.
+                    _ => break,
+                },
+                _ = &mut next_try => break,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
         }
     }
-    None
 }
 
 async fn refuse(

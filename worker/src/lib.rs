@@ -99,11 +99,13 @@ impl Worker {
                 egress: config.egress_guard.then(|| {
                     Egress::new(config.policy.policy().unwrap_or_default(), metrics.clone())
                 }),
-                request_check: config.egress_guard.then(|| RequestCheck {
-                    policy: Arc::new(config.policy.policy().unwrap_or_default()),
-                    refused: metrics
-                        .egress_requests
-                        .with_label_values(&["job", "blocked_in_browser"]),
+                request_check: (config.egress_guard && config.browser_request_check).then(|| {
+                    RequestCheck {
+                        policy: Arc::new(config.policy.policy().unwrap_or_default()),
+                        refused: metrics
+                            .egress_requests
+                            .with_label_values(&["job", "blocked_in_browser"]),
+                    }
                 }),
             },
             metrics.clone(),
@@ -179,6 +181,7 @@ impl Worker {
             retry_base: Duration::from_secs(config.retry_base_seconds),
             retry_max: Duration::from_secs(config.retry_max_seconds),
             rendering: Arc::default(),
+            renders: Arc::new(Semaphore::new(config.concurrency())),
         });
         let state = Arc::new(ReceiveState::default());
         let jobs = TaskTracker::new();
@@ -188,6 +191,7 @@ impl Worker {
             config: ReceiveConfig {
                 queue_url: config.store.queue_url.clone(),
                 concurrency: config.concurrency(),
+                prefetch: config.prefetch,
                 batch_max: config.receive_batch_max,
                 wait_time_seconds: config.wait_time_seconds,
                 visibility_timeout: config.visibility(),
@@ -196,7 +200,7 @@ impl Worker {
                 poll_pause: Duration::from_millis(config.poll_pause_ms),
             },
             ctx,
-            slots: Arc::new(Semaphore::new(config.concurrency())),
+            slots: Arc::new(Semaphore::new(config.concurrency() + config.prefetch)),
             gather_lock: Mutex::new(()),
             state: state.clone(),
             jobs: jobs.clone(),

@@ -52,6 +52,9 @@ pub struct Ctx {
     /// instead of rendering the same page (or recording the same failure)
     /// twice.
     pub rendering: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
+    /// One permit per job that may render at once (the concurrency); the
+    /// prefetched jobs beyond it wait here for a page.
+    pub renders: Arc<tokio::sync::Semaphore>,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
@@ -263,9 +266,16 @@ enum Failure {
 
 async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
     let started = Instant::now();
+    // Slots outnumber pages by the prefetch: a job may wait for the jobs
+    // ahead of it, as long as a render may take.
+    let wait = ctx.render_timeout.max(ctx.cdp_timeout * 3);
+    let _render = match tokio::time::timeout(wait, ctx.renders.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        _ => return Err(Failure::Retry("no render slot came free".into())),
+    };
     let lease = ctx
         .pool
-        .acquire(ctx.cdp_timeout * 3)
+        .acquire(wait)
         .await
         .map_err(|e| Failure::Retry(e.to_string()))?;
     tracing::debug!(elapsed = ?started.elapsed(), "page acquired");

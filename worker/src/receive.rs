@@ -7,8 +7,11 @@
 //! one poller sits in a 20-second long poll is picked up by another; only
 //! one poller gathers slots at a time. While the queue has a backlog (the
 //! last receive came back full), it waits up to the gather window for more
-//! slots to free (up to half the concurrency, at most a batch) so that a
-//! busy worker makes few, full receives; otherwise it receives at once.
+//! slots to free (the prefetch or half the concurrency, at most a batch) so
+//! that a busy worker makes few, full receives; otherwise it receives at
+//! once. There are `prefetch` slots beyond the concurrency: the jobs in
+//! them wait for a page, so pages stay busy while a receive is out, and a
+//! gathering poller receives early once a page has no waiting job left.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,11 +26,17 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::retry_delay;
 use crate::process::{Ctx, process};
 
+/// How often a gathering poller looks whether a page has run out of
+/// prefetched jobs.
+const PAGE_IDLE_CHECK: Duration = Duration::from_millis(25);
+
 /// How the pollers behave.
 #[derive(Debug, Clone)]
 pub struct ReceiveConfig {
     pub queue_url: String,
     pub concurrency: usize,
+    /// Slots beyond the concurrency, for jobs received ahead of a page.
+    pub prefetch: usize,
     pub batch_max: usize,
     pub wait_time_seconds: u32,
     pub visibility_timeout: Duration,
@@ -179,14 +188,19 @@ impl Receiver {
         // fuller receive saves requests and the jobs wait in the queue
         // anyway. Otherwise receive now, for latency.
         let target = if self.state.backlog.load(Ordering::Acquire) {
-            (self.config.concurrency / 2).clamp(1, self.config.batch_max)
+            (self.config.concurrency / 2)
+                .max(self.config.prefetch)
+                .clamp(1, self.config.batch_max)
         } else {
             1
         };
+        // ...but not while a page has nothing to start: once no prefetched
+        // job waits (a render permit is free), receive with what is free.
         let deadline = Instant::now() + self.config.gather;
-        while permits.len() < target {
+        while permits.len() < target && self.ctx.renders.available_permits() == 0 {
             tokio::select! {
                 permit = self.slots.clone().acquire_owned() => permits.push(permit.ok()?),
+                _ = tokio::time::sleep(PAGE_IDLE_CHECK) => {}
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => return None,
             }

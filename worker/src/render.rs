@@ -211,11 +211,15 @@ impl Tab {
         // response (its status) in any case.
         let mut patterns = Vec::new();
         if settings.check.is_some() {
-            patterns.push(fetch::RequestPattern {
-                url_pattern: Some("*".into()),
-                resource_type: None,
-                request_stage: Some(RequestStage::Request),
-            });
+            patterns.extend(
+                check_patterns()
+                    .into_iter()
+                    .map(|url| fetch::RequestPattern {
+                        url_pattern: Some(url),
+                        resource_type: None,
+                        request_stage: Some(RequestStage::Request),
+                    }),
+            );
         }
         patterns.push(fetch::RequestPattern {
             url_pattern: Some("*".into()),
@@ -627,6 +631,33 @@ impl NetworkIdle {
     }
 }
 
+/// The URLs the in-browser check pauses: those whose host is an address
+/// literal (Chromium writes every IPv4 form as dotted decimal, so such a
+/// host starts with a digit; an IPv6 one with `[`), those with user info
+/// before the host, and other schemes. A request for a name is not paused:
+/// nothing about it can be refused before it is resolved, which is the
+/// egress proxy's work, so pausing it would only cost a round trip through
+/// the browser for each of a page's sub-resources.
+fn check_patterns() -> Vec<String> {
+    let mut patterns = Vec::new();
+    for scheme in ["http", "https", "ws", "wss"] {
+        patterns.push(format!("{scheme}://[*"));
+        patterns.push(format!("{scheme}://*@*"));
+        patterns.extend((0..10).map(|d| format!("{scheme}://{d}*")));
+    }
+    for scheme in [
+        "file",
+        "ftp",
+        "filesystem",
+        "chrome",
+        "chrome-extension",
+        "devtools",
+    ] {
+        patterns.push(format!("{scheme}:*"));
+    }
+    patterns
+}
+
 /// Whether a request may leave the browser, as far as its URL tells.
 fn check_request(policy: &UrlPolicy, url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
@@ -682,6 +713,49 @@ mod tests {
             "http://localhost:80/",
         ] {
             assert!(check_request(&policy, refused).is_err(), "{refused}");
+        }
+    }
+
+    /// CDP's `urlPattern` wildcards: `*` any run, `?` one character.
+    fn wildcard(pattern: &str, text: &str) -> bool {
+        match pattern.chars().next() {
+            None => text.is_empty(),
+            Some('*') => (0..=text.len())
+                .filter(|i| text.is_char_boundary(*i))
+                .any(|i| wildcard(&pattern[1..], &text[i..])),
+            Some(c) => text.chars().next().is_some_and(|t| {
+                (c == '?' || c == t) && wildcard(&pattern[c.len_utf8()..], &text[t.len_utf8()..])
+            }),
+        }
+    }
+
+    #[test]
+    fn every_url_the_check_refuses_is_paused_and_names_are_not() {
+        let policy = UrlPolicy::new("", "", "").unwrap();
+        let patterns = check_patterns();
+        let paused = |url: &str| patterns.iter().any(|p| wildcard(p, url));
+        // As Chromium writes them: every IPv4 form canonicalised.
+        for url in [
+            "http://127.0.0.1/x",
+            "https://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1:8080/",
+            "https://[::1]/",
+            "http://[::ffff:7f00:1]/",
+            "ws://192.168.1.1/socket",
+            "http://user@10.0.0.1/",
+            "file:///etc/passwd",
+            "ftp://example.com/",
+            "chrome://version",
+        ] {
+            assert!(check_request(&policy, url).is_err(), "{url} is refused");
+            assert!(paused(url), "{url} is paused");
+        }
+        for url in [
+            "https://example.com/a.css",
+            "http://docs.rs/x",
+            "https://xn--bcher-kva.example/",
+        ] {
+            assert!(!paused(url), "{url} is not paused");
         }
     }
 

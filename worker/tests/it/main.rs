@@ -5,6 +5,7 @@ mod support;
 
 mod egress;
 mod hostile_pages;
+mod isolation;
 mod lifecycle;
 mod rendering;
 mod resilience;
