@@ -27,6 +27,7 @@ use chromiumoxide::cdp::browser_protocol::fetch::{
     self, AuthChallengeResponse, AuthChallengeResponseResponse, ContinueWithAuthParams,
     EventAuthRequired, EventRequestPaused, RequestStage,
 };
+use chromiumoxide::cdp::browser_protocol::inspector::{self, EventTargetCrashed};
 use chromiumoxide::cdp::browser_protocol::network::{
     self, ErrorReason, EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, RequestId,
     ResourceType,
@@ -169,6 +170,8 @@ struct Document {
     blocked: Option<String>,
     /// The main document asked for credentials.
     auth_required: bool,
+    /// The page's renderer crashed (or was killed).
+    crashed: bool,
 }
 
 /// A target in its own browser context, attached and set up for one job.
@@ -230,12 +233,16 @@ impl Tab {
             patterns: Some(patterns),
             handle_auth_requests: Some(true),
         };
-        let (page, lifecycle, fetch) = futures::join!(
+        let (page, lifecycle, fetch, crashes) = futures::join!(
             cdp.call(sid, page::EnableParams::default(), timeout),
             cdp.call(sid, SetLifecycleEventsEnabledParams::new(true), timeout),
             cdp.call(sid, fetch_enable, timeout),
+            // Only for `targetCrashed`: a killed renderer is a retry, not a
+            // page that failed.
+            cdp.call(sid, inspector::EnableParams::default(), timeout),
         );
         page.map_err(|e| RenderError::from_cdp("Page.enable", e))?;
+        crashes.map_err(|e| RenderError::from_cdp("Inspector.enable", e))?;
         lifecycle.map_err(|e| RenderError::from_cdp("Page.setLifecycleEventsEnabled", e))?;
         fetch.map_err(|e| RenderError::from_cdp("Fetch.enable", e))?;
         let (forward, forwarded) = mpsc::unbounded_channel();
@@ -315,6 +322,12 @@ impl Tab {
             )
             .await?;
         if let Some(text) = navigation.error_text {
+            // A navigation cut short by the renderer's death says
+            // `ERR_ABORTED` like a download would; it is the browser's
+            // trouble, not the page's.
+            if self.renderer_crashed(&mut events).await {
+                return Err(crashed());
+            }
             return Err(navigation_error(text));
         }
         // The document this navigation made, and any a client redirect
@@ -333,6 +346,9 @@ impl Tab {
                 ));
             };
             network.observe(&event);
+            if event.is::<EventTargetCrashed>() {
+                return Err(crashed());
+            }
             if let Some(nav) = event.decode::<EventFrameNavigated>() {
                 if nav.frame.parent_id.is_none() {
                     let loader = nav.frame.loader_id.as_ref().to_owned();
@@ -387,6 +403,23 @@ impl Tab {
             r.status = status;
             r
         })
+    }
+
+    /// Whether the renderer crashed: known to the pump, or told within a
+    /// moment (the crash and the failed navigation race each other).
+    async fn renderer_crashed(&self, events: &mut mpsc::UnboundedReceiver<Event>) -> bool {
+        if self.document.lock().expect("document").crashed {
+            return true;
+        }
+        let seen = tokio::time::timeout(CRASH_GRACE, async {
+            while let Some(event) = events.recv().await {
+                if event.is::<EventTargetCrashed>() {
+                    return true;
+                }
+            }
+            false
+        });
+        seen.await.unwrap_or(false) || self.document.lock().expect("document").crashed
     }
 
     /// Resolve once an element matches `selector`, watching DOM mutations
@@ -564,6 +597,9 @@ async fn pump(
             {
                 return;
             }
+        } else if event.is::<EventTargetCrashed>() {
+            document.lock().expect("document").crashed = true;
+            let _ = forward.send(event);
         } else if event.is::<EventLifecycleEvent>()
             || event.is::<EventFrameNavigated>()
             || (network.load(std::sync::atomic::Ordering::Acquire)
@@ -575,6 +611,9 @@ async fn pump(
         }
     }
 }
+
+/// How long a failed navigation waits to learn whether the renderer died.
+const CRASH_GRACE: Duration = Duration::from_millis(300);
 
 /// How long no request may be in flight for the network to count as idle.
 const NETWORK_QUIET: Duration = Duration::from_millis(500);
@@ -683,6 +722,13 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+fn crashed() -> RenderError {
+    RenderError::Cdp(
+        "Inspector.targetCrashed",
+        "the page's renderer crashed".into(),
+    )
 }
 
 fn navigation_error(text: String) -> RenderError {
