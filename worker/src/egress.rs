@@ -392,21 +392,16 @@ async fn connect_any(addrs: &[SocketAddr]) -> Option<TcpStream> {
         } else if attempts.is_empty() {
             return None;
         }
-        let next_try = tokio::time::sleep(ATTEMPT_DELAY);
-        tokio::pin!(next_try);
-        loop {
-            tokio::select! {
-                done = attempts.next(), if !attempts.is_empty() => match done {
-                    Some(Some(stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        return Some(stream);
-                    }
-                    // This one failed: try the next now.
-                    _ => break,
-                },
-                _ = &mut next_try => break,
-                _ = tokio::time::sleep_until(deadline) => return None,
+        tokio::select! {
+            done = attempts.next(), if !attempts.is_empty() => {
+                if let Some(Some(stream)) = done {
+                    let _ = stream.set_nodelay(true);
+                    return Some(stream);
+                }
+                // This one failed: try the next now.
             }
+            _ = tokio::time::sleep(ATTEMPT_DELAY) => {}
+            _ = tokio::time::sleep_until(deadline) => return None,
         }
     }
 }
