@@ -329,13 +329,7 @@ async fn worker_run(
     flags: &[String],
     chromium: &str,
 ) -> anyhow::Result<Run> {
-    let aws = TestAws::start().await;
-    let jobs: Vec<JobMessage> = urls
-        .iter()
-        .map(|u| JobMessage::new(u.clone(), RenderOptions::default()))
-        .collect();
-    let bodies: Vec<String> = jobs.iter().map(JobMessage::to_json).collect();
-    aws.send_bodies(&bodies).await;
+    let aws = queued(urls).await;
     let mut args = vec![
         "url2png-worker",
         "--queue-url",
@@ -361,7 +355,7 @@ async fn worker_run(
     let started = Instant::now();
     let task = tokio::spawn(worker.run(shutdown.clone()));
     let stored = || metrics.jobs.with_label_values(&["stored"]).get() as usize;
-    while stored() < jobs.len() {
+    while stored() < urls.len() {
         if task.is_finished() {
             anyhow::bail!("the worker stopped early");
         }
@@ -399,12 +393,10 @@ async fn worker_run(
         })
     })
     .sum();
-    let sqs_in_log = sqs_lines(aws.moto.log_path())
-        .zip(log_before)
-        .map(|(after, before)| after - before);
+    let sqs_in_log = sqs_since(&aws, log_before);
     Ok(Run {
         name: name.into(),
-        jobs: jobs.len(),
+        jobs: urls.len(),
         slots,
         seconds,
         cpu_ms,
@@ -414,22 +406,33 @@ async fn worker_run(
     })
 }
 
-async fn book_run(urls: &[String], chromium: &str) -> anyhow::Result<Run> {
+/// A fresh emulator with a job per URL queued.
+async fn queued(urls: &[String]) -> TestAws {
     let aws = TestAws::start().await;
     let bodies: Vec<String> = urls
         .iter()
         .map(|u| JobMessage::new(u.clone(), RenderOptions::default()).to_json())
         .collect();
     aws.send_bodies(&bodies).await;
+    aws
+}
+
+/// SQS calls in the emulator's log since it held `before`.
+fn sqs_since(aws: &TestAws, before: Option<u64>) -> Option<u64> {
+    sqs_lines(aws.moto.log_path())
+        .zip(before)
+        .map(|(after, before)| after - before)
+}
+
+async fn book_run(urls: &[String], chromium: &str) -> anyhow::Result<Run> {
+    let aws = queued(urls).await;
     let log_before = sqs_lines(aws.moto.log_path());
     let memory = measure::PeakMemory::start(std::process::id());
     let cpu_before = measure::machine_busy_jiffies();
     let seconds = book::run(&aws, chromium, urls.len()).await?;
     let cpu_ms = (measure::machine_busy_jiffies() - cpu_before) as f64 * measure::MS_PER_JIFFY;
     let peak_mib = memory.finish().await;
-    let sqs_in_log = sqs_lines(aws.moto.log_path())
-        .zip(log_before)
-        .map(|(after, before)| after - before);
+    let sqs_in_log = sqs_since(&aws, log_before);
     Ok(Run {
         name: "book-style (one message, a browser per job, 1 s sleep)".into(),
         jobs: urls.len(),
@@ -443,20 +446,13 @@ async fn book_run(urls: &[String], chromium: &str) -> anyhow::Result<Run> {
 }
 
 async fn peer_run(urls: &[String], concurrency: usize, chromium: &str) -> anyhow::Result<Run> {
-    let aws = TestAws::start().await;
-    let bodies: Vec<String> = urls
-        .iter()
-        .map(|u| JobMessage::new(u.clone(), RenderOptions::default()).to_json())
-        .collect();
-    aws.send_bodies(&bodies).await;
+    let aws = queued(urls).await;
     let log_before = sqs_lines(aws.moto.log_path());
     let cpu_before = measure::machine_busy_jiffies();
     let (seconds, peak_mib) = peer::run(&aws, chromium, concurrency, urls.len()).await?;
     let cpu_ms = (measure::machine_busy_jiffies() - cpu_before) as f64 * measure::MS_PER_JIFFY;
     // The peer's deletes may still be in flight: count after it stopped.
-    let sqs_in_log = sqs_lines(aws.moto.log_path())
-        .zip(log_before)
-        .map(|(after, before)| after - before);
+    let sqs_in_log = sqs_since(&aws, log_before);
     Ok(Run {
         name: format!("peer: sqs-consumer + puppeteer-cluster, {concurrency} slots"),
         jobs: urls.len(),

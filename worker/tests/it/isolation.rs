@@ -10,14 +10,6 @@ use url2png_testkit::{Fixtures, Page, TestAws};
 
 use crate::support::*;
 
-fn top_left(png_bytes: &[u8]) -> [u8; 3] {
-    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    reader.next_frame(&mut buf).unwrap();
-    [buf[0], buf[1], buf[2]]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookies_storage_and_cache_of_one_job_are_not_visible_to_the_next() {
     let aws = TestAws::start().await;
@@ -92,7 +84,8 @@ async fn cookies_storage_and_cache_of_one_job_are_not_visible_to_the_next() {
     })
     .await;
 
-    let first_pixel = top_left(&get(&aws, &layout.image(first.id, first.options.format)).await);
+    let first_pixel =
+        top_left_pixel(&get(&aws, &layout.image(first.id, first.options.format)).await);
     assert_eq!(first_pixel, [0, 0, 255], "storage works within a job");
     let probe = fixtures
         .hits()
@@ -119,7 +112,8 @@ async fn cookies_storage_and_cache_of_one_job_are_not_visible_to_the_next() {
         second_hit.headers.get("cookie").is_none(),
         "the second job sent the first job's cookie"
     );
-    let second_pixel = top_left(&get(&aws, &layout.image(second.id, second.options.format)).await);
+    let second_pixel =
+        top_left_pixel(&get(&aws, &layout.image(second.id, second.options.format)).await);
     assert_eq!(
         second_pixel,
         [0, 255, 0],

@@ -95,16 +95,6 @@ fn colour_page(trigger: &str) -> Page {
     ))
 }
 
-fn top_left_pixel(png_bytes: &[u8]) -> [u8; 3] {
-    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let step = info.color_type.samples();
-    assert!(step >= 3);
-    [buf[0], buf[1], buf[2]]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_render_option_is_honoured() {
     let aws = TestAws::start().await;

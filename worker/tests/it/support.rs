@@ -132,3 +132,14 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
 pub fn counter(vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
     vec.with_label_values(labels).get()
 }
+
+/// The colour of a PNG's top-left pixel.
+pub fn top_left_pixel(png_bytes: &[u8]) -> [u8; 3] {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    assert!(step >= 3);
+    [buf[0], buf[1], buf[2]]
+}
