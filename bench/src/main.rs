@@ -128,7 +128,6 @@ async fn main() -> anyhow::Result<()> {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    let mut summary = Vec::new();
     for set in &args.sets {
         let (jobs, real) = match set.as_str() {
             "small" => (args.jobs, false),
@@ -311,7 +310,6 @@ async fn main() -> anyhow::Result<()> {
                 .map(|v| format!("{v:.3}"))
                 .unwrap_or_else(|| "-".into())
         );
-        summary.push(set.clone());
     }
     Ok(())
 }
