@@ -22,7 +22,7 @@ const CALL: Duration = Duration::from_secs(30);
 
 /// Open a target (in `context`, if given), attach, enable `Page` and set
 /// the device metrics, the last two pipelined.
-async fn open(
+pub async fn open(
     cdp: &Cdp,
     context: Option<chromiumoxide::cdp::browser_protocol::browser::BrowserContextId>,
 ) -> anyhow::Result<(SessionId, Events)> {
@@ -44,12 +44,13 @@ async fn open(
     Ok((session, events))
 }
 
-async fn shoot(
+/// Navigate, wait for `load` and take a PNG; returns the image.
+pub async fn shoot(
     cdp: &Cdp,
     session: &SessionId,
     events: &mut Events,
     url: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u8>> {
     while events.try_recv().is_ok() {}
     let sid = Some(session.as_ref());
     let nav = cdp.call(sid, NavigateParams::new(url), CALL).await?;
@@ -72,8 +73,11 @@ async fn shoot(
         from_surface: Some(true),
         ..CaptureScreenshotParams::default()
     };
-    cdp.call(sid, shot, CALL).await?;
-    Ok(())
+    let data = cdp.call(sid, shot, CALL).await?.data;
+    Ok(base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        AsRef::<[u8]>::as_ref(&data),
+    )?)
 }
 
 /// Render every URL on `tabs` concurrent tabs of one browser; returns the
@@ -114,7 +118,9 @@ pub async fn run(
                     return Ok::<_, anyhow::Error>(());
                 };
                 match &mut tab {
-                    Some((session, events)) => shoot(&cdp, session, events, url).await?,
+                    Some((session, events)) => {
+                        shoot(&cdp, session, events, url).await?;
+                    }
                     None => {
                         let context = cdp
                             .call(None, CreateBrowserContextParams::default(), CALL)

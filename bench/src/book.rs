@@ -5,11 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
-use chromiumoxide::cdp::browser_protocol::page::{
-    self, CaptureScreenshotFormat, CaptureScreenshotParams, EventLoadEventFired, NavigateParams,
-};
-use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use url2png_core::JobMessage;
 use url2png_testkit::TestAws;
 use url2png_worker::cdp;
@@ -25,34 +20,8 @@ async fn render(chromium: &str, url: &str) -> anyhow::Result<Vec<u8>> {
         .map_err(anyhow::Error::msg)?;
     let (mut child, cdp) = (launched.child, launched.cdp);
     let shot = async {
-        let target = cdp
-            .call(None, CreateTargetParams::new("about:blank"), CALL)
-            .await?
-            .target_id;
-        let (session, mut events) = cdp.attach(target, CALL).await?;
-        let sid = Some(session.as_ref());
-        cdp.call(sid, page::EnableParams::default(), CALL).await?;
-        cdp.call(
-            sid,
-            SetDeviceMetricsOverrideParams::new(1280, 800, 1.0, false),
-            CALL,
-        )
-        .await?;
-        cdp.call(sid, NavigateParams::new(url), CALL).await?;
-        while let Some(event) = events.recv().await {
-            if event.is::<EventLoadEventFired>() {
-                break;
-            }
-        }
-        let params = CaptureScreenshotParams {
-            format: Some(CaptureScreenshotFormat::Png),
-            ..CaptureScreenshotParams::default()
-        };
-        let data = cdp.call(sid, params, CALL).await?.data;
-        Ok::<_, anyhow::Error>(base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            AsRef::<[u8]>::as_ref(&data),
-        )?)
+        let (session, mut events) = crate::bare::open(&cdp, None).await?;
+        crate::bare::shoot(&cdp, &session, &mut events, url).await
     }
     .await;
     let _ = child.kill().await;
