@@ -84,6 +84,10 @@ struct Run {
     peak_mib: f64,
     sqs_by_worker: Option<u64>,
     sqs_in_log: Option<u64>,
+    /// The worker's SQS calls by operation, and the messages its receives
+    /// returned.
+    sqs_calls: Vec<(&'static str, u64)>,
+    received: u64,
 }
 
 impl Run {
@@ -236,6 +240,8 @@ async fn main() -> anyhow::Result<()> {
                 peak_mib,
                 sqs_by_worker: None,
                 sqs_in_log: None,
+                sqs_calls: Vec::new(),
+                received: 0,
             });
         }
 
@@ -268,6 +274,21 @@ async fn main() -> anyhow::Result<()> {
                 run.peak_mib / run.slots as f64,
                 per_job(run.sqs_by_worker),
                 per_job(run.sqs_in_log),
+            );
+        }
+        println!();
+        for run in runs.iter().filter(|r| !r.sqs_calls.is_empty()) {
+            let calls: Vec<String> = run
+                .sqs_calls
+                .iter()
+                .map(|(op, n)| format!("{op} {n}"))
+                .collect();
+            let receives = run.sqs_calls.first().map_or(0, |(_, n)| *n);
+            println!(
+                "- {}: SQS calls {}; {:.1} messages per receive",
+                run.name,
+                calls.join(", "),
+                run.received as f64 / receives.max(1) as f64
             );
         }
         let worker = &runs[best.1];
@@ -364,15 +385,15 @@ async fn worker_run(
     let peak_mib = memory.finish().await;
     shutdown.cancel();
     task.await??;
-    let sqs_by_worker: u64 = [
+    let sqs_calls: Vec<(&'static str, u64)> = [
         "ReceiveMessage",
         "DeleteMessageBatch",
         "ChangeMessageVisibilityBatch",
         "ChangeMessageVisibility",
     ]
-    .iter()
-    .flat_map(|op| {
-        [
+    .into_iter()
+    .map(|op| {
+        let n = [
             "ok",
             "timeout",
             "dispatch",
@@ -389,8 +410,13 @@ async fn worker_run(
                 .with_label_values(&["sqs", op, result])
                 .get()
         })
+        .iter()
+        .sum();
+        (op, n)
     })
-    .sum();
+    .collect();
+    let sqs_by_worker = sqs_calls.iter().map(|(_, n)| n).sum();
+    let received = metrics.receive_batch_size.get_sample_sum() as u64;
     let sqs_in_log = sqs_since(&aws, log_before);
     Ok(Run {
         name: name.into(),
@@ -401,6 +427,8 @@ async fn worker_run(
         peak_mib,
         sqs_by_worker: Some(sqs_by_worker),
         sqs_in_log,
+        sqs_calls,
+        received,
     })
 }
 
@@ -440,6 +468,8 @@ async fn book_run(urls: &[String], chromium: &str) -> anyhow::Result<Run> {
         peak_mib,
         sqs_by_worker: None,
         sqs_in_log,
+        sqs_calls: Vec::new(),
+        received: 0,
     })
 }
 
@@ -460,5 +490,7 @@ async fn peer_run(urls: &[String], concurrency: usize, chromium: &str) -> anyhow
         peak_mib,
         sqs_by_worker: None,
         sqs_in_log,
+        sqs_calls: Vec::new(),
+        received: 0,
     })
 }

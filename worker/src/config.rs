@@ -37,7 +37,7 @@ pub struct Config {
     /// instead of one per freed page (fewer SQS requests per job), and a
     /// page that frees starts the next job without a receive round trip.
     /// 0 receives only what can start at once.
-    #[arg(long, env = "URL2PNG_PREFETCH", default_value_t = 6)]
+    #[arg(long, env = "URL2PNG_PREFETCH", default_value_t = 10)]
     pub prefetch: usize,
 
     /// Chromium processes in the pool.
