@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use tokio::sync::watch;
@@ -32,6 +32,8 @@ pub struct Hit {
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
+    /// The client's end of the connection the request came on.
+    pub peer: SocketAddr,
 }
 
 /// What a registered path answers.
@@ -123,7 +125,11 @@ impl Fixtures {
             .fallback(serve)
             .with_state((shared.clone(), Arc::new(count_tx)));
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         Self {
             addr,
@@ -197,13 +203,18 @@ impl Drop for Fixtures {
 
 type AppState = (Arc<Shared>, Arc<watch::Sender<usize>>);
 
-async fn serve(State((shared, count)): State<AppState>, request: Request) -> Response {
+async fn serve(
+    State((shared, count)): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let uri = request.uri().clone();
     let hit = Hit {
         method: request.method().clone(),
         path: uri.path().to_owned(),
         query: uri.query().map(str::to_owned),
         headers: request.headers().clone(),
+        peer,
     };
     let total = {
         let mut hits = shared.hits.lock().expect("hits lock");

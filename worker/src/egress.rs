@@ -8,6 +8,12 @@
 //! so DNS rebinding gets nowhere. A refused request gets `403` with an
 //! `x-url2png-blocked` header naming the rule, and is recorded.
 //!
+//! Plain HTTP is kept alive on both sides (hyper's HTTP/1.1): Chromium may
+//! send many requests, for any hosts, on one connection to the proxy, and
+//! each is checked on its own before it goes out on an idle connection of
+//! this proxy's to a checked address of that host (or a new one). Idle
+//! connections are never shared between proxies, so not between jobs.
+//!
 //! Each job's browser context gets a proxy of its own, so what it blocked
 //! is known per job; the browser-wide proxy catches what Chromium fetches
 //! outside any job (its background traffic), which is refused and counted
@@ -15,12 +21,22 @@
 //! even loopback goes around the proxy.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1 as client;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1 as server;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use url2png_core::policy::{PolicyError, UrlPolicy};
@@ -162,22 +178,331 @@ impl Drop for Proxy {
     }
 }
 
+/// What the connections of one proxy share: its refusals, its idle
+/// upstream connections, and the tasks that outlive a request (tunnels,
+/// upstream connections), which end with the proxy.
+struct Shared {
+    egress: Egress,
+    scope: Scope,
+    blocked: Arc<Mutex<Vec<Blocked>>>,
+    idle: Mutex<HashMap<(String, u16), Vec<Upstream>>>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// A kept-alive connection to an origin, and the checked address it goes to.
+struct Upstream {
+    addr: SocketAddr,
+    sender: client::SendRequest<Incoming>,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Idle connections kept per origin; Chromium opens at most six per host.
+const IDLE_PER_ORIGIN: usize = 8;
+
+/// Headers of one hop, never forwarded (RFC 9110, section 7.6.1), besides
+/// those the `Connection` header names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+impl Shared {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().expect("proxy tasks");
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// An idle connection for `origin` to one of `addrs`, if one is ready.
+    fn take_idle(&self, origin: &(String, u16), addrs: &[SocketAddr]) -> Option<Upstream> {
+        let mut idle = self.idle.lock().expect("idle connections");
+        let list = idle.get_mut(origin)?;
+        list.retain(|u| !u.sender.is_closed());
+        let at = list
+            .iter()
+            .position(|u| u.sender.is_ready() && addrs.contains(&u.addr))?;
+        Some(list.swap_remove(at))
+    }
+
+    fn put_idle(&self, origin: (String, u16), upstream: Upstream) {
+        let mut idle = self.idle.lock().expect("idle connections");
+        let list = idle.entry(origin).or_default();
+        list.retain(|u| !u.sender.is_closed());
+        if list.len() < IDLE_PER_ORIGIN {
+            list.push(upstream);
+        }
+    }
+
+    /// Open a connection to one of `addrs` for plain HTTP requests.
+    async fn open(&self, addrs: &[SocketAddr]) -> Option<Upstream> {
+        let stream = connect_any(addrs).await?;
+        let addr = stream.peer_addr().ok()?;
+        let (sender, connection) = client::handshake(TokioIo::new(stream)).await.ok()?;
+        self.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Some(Upstream { addr, sender })
+    }
+
+    fn count(&self, result: &str) {
+        self.egress
+            .metrics
+            .egress_requests
+            .with_label_values(&[self.scope.as_str(), result])
+            .inc();
+    }
+
+    /// Check the host of a request and the addresses it resolves to; the
+    /// browser's own traffic is refused whole.
+    async fn admit(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, PolicyError> {
+        match self.scope {
+            Scope::Browser => Err(PolicyError::Host {
+                host: host.to_owned(),
+                rule: "requests outside a job are not allowed".into(),
+            }),
+            Scope::Job => self.egress.admit(host, port).await,
+        }
+    }
+
+    /// Answer one request: every request on a connection is checked on its
+    /// own, whatever the connection's earlier requests were for.
+    async fn serve(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        Ok(if request.method() == Method::CONNECT {
+            self.tunnel(request).await
+        } else {
+            self.forward(request).await
+        })
+    }
+
+    /// `CONNECT host:port`: a tunnel to a checked address (TLS, WebSockets).
+    async fn tunnel(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let authority = request.uri().to_string();
+        let Some((host, port)) = split_authority(&authority, 443) else {
+            return self.refuse(&authority, "malformed CONNECT target");
+        };
+        let target = format!("{host}:{port}");
+        let addrs = match self.admit(&host, port).await {
+            Ok(addrs) => addrs,
+            Err(e) => return self.refuse(&target, &e.to_string()),
+        };
+        let Some(mut upstream) = connect_any(&addrs).await else {
+            return self.unreachable(&target);
+        };
+        self.count("allowed");
+        self.spawn(async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let mut client = TokioIo::new(upgraded);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT not upgraded"),
+            }
+        });
+        Response::new(empty())
+    }
+
+    /// An absolute-form `http://` request, sent on a kept-alive connection
+    /// to a checked address of its host.
+    async fn forward(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let raw = request.uri().to_string();
+        let Ok(url) = url::Url::parse(&raw) else {
+            return self.refuse(&raw, "not an absolute URL");
+        };
+        if url.scheme() != "http" {
+            let reason = format!("scheme `{}` is not allowed through the proxy", url.scheme());
+            return self.refuse(&raw, &reason);
+        }
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return self.refuse(&raw, "no host");
+        };
+        let origin = (host.to_owned(), port);
+        let target = format!("{host}:{port}");
+        let addrs = match self.admit(host, port).await {
+            Ok(addrs) => addrs,
+            Err(e) => return self.refuse(&target, &e.to_string()),
+        };
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let (mut parts, body) = request.into_parts();
+        let Ok(uri) = path.parse() else {
+            return self.refuse(&raw, "not an absolute URL");
+        };
+        parts.uri = uri;
+        strip_hop_by_hop(&mut parts.headers);
+        let host_header = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&host_header) {
+            parts.headers.insert(header::HOST, value);
+        }
+        let mut request = Request::from_parts(parts, body);
+        // An idle connection may have been closed by the origin meanwhile:
+        // then the request comes back unsent and goes on a new one.
+        let mut fresh = false;
+        loop {
+            let idle = if fresh {
+                None
+            } else {
+                self.take_idle(&origin, &addrs)
+            };
+            let reused = idle.is_some();
+            let Some(mut upstream) = (match idle {
+                Some(u) => Some(u),
+                None => self.open(&addrs).await,
+            }) else {
+                return self.unreachable(&target);
+            };
+            match upstream.sender.try_send_request(request).await {
+                Ok(mut response) => {
+                    self.count("allowed");
+                    self.put_idle(origin, upstream);
+                    strip_hop_by_hop(response.headers_mut());
+                    return response.map(BodyExt::boxed);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        fresh = true;
+                    }
+                    _ => {
+                        tracing::debug!(error = %e.into_error(), target, "upstream request failed");
+                        return self.unreachable(&target);
+                    }
+                },
+            }
+        }
+    }
+
+    fn unreachable(&self, target: &str) -> Response<Body> {
+        self.count("unreachable");
+        text(
+            StatusCode::BAD_GATEWAY,
+            None,
+            format!("cannot connect to {target}\n"),
+        )
+    }
+
+    fn refuse(&self, target: &str, reason: &str) -> Response<Body> {
+        match self.scope {
+            Scope::Job => tracing::info!(target, reason, "egress refused"),
+            Scope::Browser => tracing::debug!(target, reason, "background request refused"),
+        }
+        self.count("blocked");
+        self.blocked.lock().expect("blocked log").push(Blocked {
+            target: target.to_owned(),
+            reason: reason.to_owned(),
+        });
+        // Header values must be visible ASCII.
+        let header: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        text(
+            StatusCode::FORBIDDEN,
+            HeaderValue::from_str(&header).ok(),
+            format!("blocked by the url2png egress policy: {reason}\n"),
+        )
+    }
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A plain-text answer of the proxy's own, with the refusal header if any.
+fn text(status: StatusCode, blocked: Option<HeaderValue>, body: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(value) = blocked {
+        headers.insert(BLOCKED_HEADER, value);
+    }
+    response
+}
+
+/// Drop the headers that belong to one hop, including those `Connection`
+/// names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
 async fn accept(
     listener: TcpListener,
     egress: Egress,
     scope: Scope,
     blocked: Arc<Mutex<Vec<Blocked>>>,
 ) {
+    let shared = Arc::new(Shared {
+        egress,
+        scope,
+        blocked,
+        idle: Mutex::new(HashMap::new()),
+        tasks: Mutex::new(JoinSet::new()),
+    });
+    let mut builder = server::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
     // Connections live in the set, so stopping the proxy ends them all.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let egress = egress.clone();
-                let blocked = blocked.clone();
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let connection = builder
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |request| shared.clone().serve(request)),
+                    )
+                    .with_upgrades();
                 connections.spawn(async move {
-                    if let Err(e) = handle(stream, &egress, scope, &blocked).await {
+                    if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "proxy connection ended with an error");
                     }
                 });
@@ -185,63 +510,6 @@ async fn accept(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-}
-
-/// A parsed request head.
-struct Head {
-    method: String,
-    target: String,
-    version: String,
-    headers: Vec<(String, String)>,
-}
-
-async fn read_head(stream: &mut TcpStream) -> io::Result<(Head, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(4096);
-    let end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before a request",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let rest = buf[end + 4..].to_vec();
-    let text = std::str::from_utf8(&buf[..end])
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "request head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bad request line",
-        ));
-    };
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Ok((
-        Head {
-            method: method.to_owned(),
-            target: target.to_owned(),
-            version: version.to_owned(),
-            headers,
-        },
-        rest,
-    ))
 }
 
 /// `host:port`, with brackets around IPv6 hosts.
@@ -259,121 +527,6 @@ fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> 
         Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
         None => Some((authority.to_owned(), default_port)),
     }
-}
-
-async fn handle(
-    mut client: TcpStream,
-    egress: &Egress,
-    scope: Scope,
-    blocked: &Mutex<Vec<Blocked>>,
-) -> io::Result<()> {
-    let (head, rest) = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request head"))??;
-    let connect = head.method.eq_ignore_ascii_case("CONNECT");
-    let (host, port, path) = if connect {
-        match split_authority(&head.target, 443) {
-            Some((host, port)) => (host, port, None),
-            None => {
-                return refuse(
-                    &mut client,
-                    egress,
-                    scope,
-                    blocked,
-                    &head.target,
-                    "malformed CONNECT target",
-                )
-                .await;
-            }
-        }
-    } else {
-        let Ok(url) = url::Url::parse(&head.target) else {
-            return refuse(
-                &mut client,
-                egress,
-                scope,
-                blocked,
-                &head.target,
-                "not an absolute URL",
-            )
-            .await;
-        };
-        if url.scheme() != "http" {
-            let reason = format!("scheme `{}` is not allowed through the proxy", url.scheme());
-            return refuse(&mut client, egress, scope, blocked, &head.target, &reason).await;
-        }
-        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-            return refuse(&mut client, egress, scope, blocked, &head.target, "no host").await;
-        };
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
-        (host.to_owned(), port, Some(path))
-    };
-    let target = format!("{host}:{port}");
-
-    // Background traffic of the browser is never a job's: refuse it all.
-    let admitted = match scope {
-        Scope::Browser => Err(PolicyError::Host {
-            host: host.clone(),
-            rule: "requests outside a job are not allowed".into(),
-        }),
-        Scope::Job => egress.admit(&host, port).await,
-    };
-    let addrs = match admitted {
-        Ok(addrs) => addrs,
-        Err(e) => {
-            return refuse(&mut client, egress, scope, blocked, &target, &e.to_string()).await;
-        }
-    };
-    let Some(mut upstream) = connect_any(&addrs).await else {
-        egress
-            .metrics
-            .egress_requests
-            .with_label_values(&[scope.as_str(), "unreachable"])
-            .inc();
-        let body = format!("cannot connect to {target}\n");
-        let reply = format!(
-            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return client.write_all(reply.as_bytes()).await;
-    };
-    egress
-        .metrics
-        .egress_requests
-        .with_label_values(&[scope.as_str(), "allowed"])
-        .inc();
-    match path {
-        None => {
-            client
-                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-                .await?;
-        }
-        Some(path) => {
-            // One request per connection: the next request may be for
-            // another host, which must be checked on its own.
-            let mut out = format!("{} {path} {}\r\n", head.method, head.version);
-            for (name, value) in &head.headers {
-                let lower = name.to_ascii_lowercase();
-                if matches!(
-                    lower.as_str(),
-                    "proxy-connection" | "proxy-authorization" | "connection" | "keep-alive"
-                ) {
-                    continue;
-                }
-                out.push_str(&format!("{name}: {value}\r\n"));
-            }
-            out.push_str("Connection: close\r\n\r\n");
-            upstream.write_all(out.as_bytes()).await?;
-        }
-    }
-    if !rest.is_empty() {
-        upstream.write_all(&rest).await?;
-    }
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-    Ok(())
 }
 
 /// Connect to one of `addrs` (all checked): each gets [`ATTEMPT_DELAY`]
@@ -404,46 +557,6 @@ async fn connect_any(addrs: &[SocketAddr]) -> Option<TcpStream> {
             _ = tokio::time::sleep_until(deadline) => return None,
         }
     }
-}
-
-async fn refuse(
-    client: &mut TcpStream,
-    egress: &Egress,
-    scope: Scope,
-    blocked: &Mutex<Vec<Blocked>>,
-    target: &str,
-    reason: &str,
-) -> io::Result<()> {
-    match scope {
-        Scope::Job => tracing::info!(target, reason, "egress refused"),
-        Scope::Browser => tracing::debug!(target, reason, "background request refused"),
-    }
-    egress
-        .metrics
-        .egress_requests
-        .with_label_values(&[scope.as_str(), "blocked"])
-        .inc();
-    blocked.lock().expect("blocked log").push(Blocked {
-        target: target.to_owned(),
-        reason: reason.to_owned(),
-    });
-    // Header values must be visible ASCII.
-    let header: String = reason
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    let body = format!("blocked by the url2png egress policy: {reason}\n");
-    let reply = format!(
-        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n{BLOCKED_HEADER}: {header}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    client.write_all(reply.as_bytes()).await
 }
 
 #[cfg(test)]

@@ -203,3 +203,78 @@ async fn the_proxy_alone_refuses_every_form_of_a_refused_address() {
     let hit = &allowed.hits()[0];
     assert!(hit.headers.get("proxy-connection").is_none());
 }
+
+/// Read one response (head and a `Content-Length` body) from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got[..end + 4 + length]).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_proxy_connection_checks_every_request_and_reuses_the_origin_connection() {
+    use tokio::io::AsyncWriteExt;
+    use url2png_worker::egress::{Egress, Scope};
+    let policy = url2png_core::policy::UrlPolicy::new("127.0.0.1/32", "", "").unwrap();
+    let egress = Egress::new(policy, url2png_worker::metrics::Metrics::unregistered());
+    let proxy = egress.proxy(Scope::Job).await.unwrap();
+    let allowed = Fixtures::start().await;
+    let refused = Fixtures::start_on(IpAddr::from([127, 0, 0, 2])).await;
+
+    let mut stream = tokio::net::TcpStream::connect(proxy.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let requests = [
+        (allowed.url("/first"), "200"),
+        (refused.url("/between"), "403"),
+        (allowed.url("/second"), "200"),
+        (
+            format!("http://2130706434:{}/decimal", refused.addr().port()),
+            "403",
+        ),
+        (allowed.url("/third"), "200"),
+    ];
+    for (url, status) in &requests {
+        let host = url::Url::parse(url).unwrap();
+        let request = format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nProxy-Connection: keep-alive\r\n\r\n",
+            host.authority()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let reply = read_response(&mut stream).await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{url} -> {reply}"
+        );
+    }
+    assert_eq!(refused.hits().len(), 0, "a refused host was reached");
+    assert_eq!(proxy.blocked().len(), 2);
+    let hits = allowed.hits();
+    let paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(paths, ["/first", "/second", "/third"]);
+    // The three went to the origin on one connection of the proxy's.
+    assert!(hits.iter().all(|h| h.peer == hits[0].peer), "{hits:?}");
+    assert!(
+        hits.iter()
+            .all(|h| h.headers.get("proxy-connection").is_none())
+    );
+}
