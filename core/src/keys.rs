@@ -93,38 +93,97 @@ pub enum FailureReason {
     InvalidMessage,
     /// The message claims a contract version this build does not read.
     UnsupportedVersion,
-    /// The URL policy refused the target (scheme, host or the address it
-    /// resolves to).
+    /// The URL policy refused an address the page needed (the URL's own
+    /// host, a redirect's, or what a name resolves to); `refused` names it.
     BlockedByPolicy,
-    /// The page could not be loaded (DNS, connection, TLS).
+    /// The page's host name does not exist (NXDOMAIN or no addresses).
+    DnsError,
+    /// The TLS handshake failed or the certificate is not valid.
+    TlsError,
+    /// The host could not be reached: refused, reset, unreachable, timed
+    /// out (after every attempt), or DNS kept failing to answer.
+    ConnectionFailed,
+    /// The browser could not load the page for another reason (a
+    /// redirect loop, an invalid response, a download, credentials asked).
     NavigationFailed,
     /// The page answered with an HTTP error status and the job asked to
-    /// fail on that (`fail_on_http_error`).
+    /// fail on that (`fail_on_http_error`); `http_status` has it.
     HttpError,
-    /// The per-job timeout ran out.
+    /// The job's timeout ran out in every attempt; `phase` says where.
     Timeout,
-    /// The wait condition never held (for example, the selector never
-    /// appeared) within the timeout.
+    /// The wait condition never held (the selector never matched, the
+    /// network never went quiet) within the timeout, in every attempt.
     WaitFailed,
     /// Chromium could not capture or encode the image.
     RenderFailed,
-    /// The job kept failing until its attempts ran out.
+    /// The browser or the page's renderer crashed in every attempt.
+    BrowserCrashed,
+    /// The job failed every attempt for reasons that may pass (the store,
+    /// the browser not answering); `detail` has the last one.
     AttemptsExhausted,
 }
 
 impl FailureReason {
+    /// Every reason, for documentation and tests.
+    pub const ALL: [Self; 13] = [
+        Self::InvalidMessage,
+        Self::UnsupportedVersion,
+        Self::BlockedByPolicy,
+        Self::DnsError,
+        Self::TlsError,
+        Self::ConnectionFailed,
+        Self::NavigationFailed,
+        Self::HttpError,
+        Self::Timeout,
+        Self::WaitFailed,
+        Self::RenderFailed,
+        Self::BrowserCrashed,
+        Self::AttemptsExhausted,
+    ];
+
     /// The stable snake_case name, as written in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidMessage => "invalid_message",
             Self::UnsupportedVersion => "unsupported_version",
             Self::BlockedByPolicy => "blocked_by_policy",
+            Self::DnsError => "dns_error",
+            Self::TlsError => "tls_error",
+            Self::ConnectionFailed => "connection_failed",
             Self::NavigationFailed => "navigation_failed",
             Self::HttpError => "http_error",
             Self::Timeout => "timeout",
             Self::WaitFailed => "wait_failed",
             Self::RenderFailed => "render_failed",
+            Self::BrowserCrashed => "browser_crashed",
             Self::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+/// Where a job's time ran out.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for a page of the browser pool.
+    Page,
+    /// Loading the page, up to its `load` event.
+    Navigation,
+    /// The wait condition and the delay after it.
+    Wait,
+    /// Capturing and encoding the image.
+    Capture,
+}
+
+impl Phase {
+    /// The stable snake_case name, as written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Page => "page",
+            Self::Navigation => "navigation",
+            Self::Wait => "wait",
+            Self::Capture => "capture",
         }
     }
 }
@@ -138,8 +197,21 @@ pub struct FailureRecord {
     pub url: Option<String>,
     /// Machine-readable reason.
     pub reason: FailureReason,
-    /// What a person needs to know, e.g. `options.width: 0 is outside 1..=7680`.
+    /// One sentence for a person, e.g. `options.width: 0 is outside 1..=7680`.
     pub message: String,
+    /// What an operator needs beyond the message: the browser's error
+    /// code, the proxy's answer, the last retryable error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For `timeout`: the phase that ran out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// For `http_error`: the main document's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// For `blocked_by_policy`: the host or address the policy refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     /// How many times the message was received (SQS `ApproximateReceiveCount`).
     pub attempts: u32,
     /// When the worker gave up.
@@ -216,6 +288,10 @@ mod tests {
             url: Some("https://example.com/".into()),
             reason: FailureReason::BlockedByPolicy,
             message: "169.254.169.254 is link-local".into(),
+            detail: None,
+            phase: None,
+            http_status: None,
+            refused: Some("169.254.169.254:80".into()),
             attempts: 3,
             failed_at: time::macros::datetime!(2026-11-25 11:00:00 UTC),
         };
@@ -229,21 +305,27 @@ mod tests {
 
     #[test]
     fn reason_names_match_serde() {
-        for reason in [
-            FailureReason::InvalidMessage,
-            FailureReason::UnsupportedVersion,
-            FailureReason::BlockedByPolicy,
-            FailureReason::NavigationFailed,
-            FailureReason::HttpError,
-            FailureReason::Timeout,
-            FailureReason::WaitFailed,
-            FailureReason::RenderFailed,
-            FailureReason::AttemptsExhausted,
-        ] {
+        for reason in FailureReason::ALL {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),
                 serde_json::Value::from(reason.as_str())
             );
         }
+        for phase in [Phase::Page, Phase::Navigation, Phase::Wait, Phase::Capture] {
+            assert_eq!(
+                serde_json::to_value(phase).unwrap(),
+                serde_json::Value::from(phase.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn records_without_the_newer_fields_still_parse() {
+        let old = r#"{"id":"6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11","url":null,"reason":"timeout","message":"m","attempts":1,"failed_at":"2026-11-25T11:00:00Z"}"#;
+        let record = FailureRecord::from_json(old.as_bytes()).unwrap();
+        assert_eq!(record.reason, FailureReason::Timeout);
+        assert_eq!(record.phase, None);
+        let json = record.to_json();
+        assert!(!json.contains("detail"), "{json}");
     }
 }

@@ -13,6 +13,7 @@
 pub mod aws;
 #[cfg(feature = "runtime")]
 pub mod config;
+pub mod id;
 pub mod job;
 pub mod keys;
 #[cfg(feature = "runtime")]

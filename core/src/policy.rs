@@ -42,14 +42,38 @@ pub enum PolicyError {
         ip: IpAddr,
         rule: String,
     },
-    #[error("{host} does not resolve: {reason}")]
+    /// The name does not exist (NXDOMAIN) or has no addresses: a fact
+    /// about the name, not a refusal.
+    #[error("{host} does not exist")]
+    NameNotFound { host: String },
+    /// The resolver did not answer or failed: it may answer later.
+    #[error("{host} could not be resolved: {reason}")]
     Unresolvable { host: String, reason: String },
 }
 
 impl PolicyError {
-    /// Whether trying again later could change the answer (DNS trouble).
+    /// Whether trying again later could change the answer (the resolver
+    /// failed).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unresolvable { .. })
+    }
+
+    /// Whether the policy refused the target, rather than DNS having no
+    /// answer for it.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, Self::NameNotFound { .. } | Self::Unresolvable { .. })
+    }
+
+    /// The refused host or address, for a refusal.
+    pub fn refused(&self) -> Option<String> {
+        match self {
+            Self::Host { host, .. } => Some(host.clone()),
+            Self::Address { ip, .. } => Some(ip.to_string()),
+            Self::Port(port) => Some(format!("port {port}")),
+            Self::Scheme(scheme) => Some(format!("{scheme}:")),
+            Self::Malformed(_) | Self::NoHost => None,
+            Self::NameNotFound { .. } | Self::Unresolvable { .. } => None,
+        }
     }
 }
 
@@ -260,23 +284,12 @@ impl UrlPolicy {
     /// connect to; connecting anywhere else defeats the check. A name with
     /// any refused address is refused whole.
     pub async fn resolve(&self, target: &Target) -> Result<Vec<SocketAddr>, PolicyError> {
-        if let Ok(ip) = target.host.parse::<IpAddr>() {
+        let bare = target.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
             // Literals were checked by check_url / check_authority.
             return Ok(vec![SocketAddr::new(ip, target.port)]);
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| PolicyError::Unresolvable {
-                host: target.host.clone(),
-                reason: e.to_string(),
-            })?
-            .collect();
-        if addrs.is_empty() {
-            return Err(PolicyError::Unresolvable {
-                host: target.host.clone(),
-                reason: "no addresses".into(),
-            });
-        }
+        let addrs = lookup(&target.host, target.port).await?;
         if !target.host_allowed {
             for addr in &addrs {
                 self.check_ip(&target.host, addr.ip())?;
@@ -289,6 +302,49 @@ impl UrlPolicy {
     pub async fn check_and_resolve(&self, raw: &str) -> Result<Vec<SocketAddr>, PolicyError> {
         let (_, target) = self.check_url(raw)?;
         self.resolve(&target).await
+    }
+}
+
+/// The system resolver's answer for `host` (`/etc/hosts`, then DNS, as
+/// `getaddrinfo` does), with its error kind kept: a name that does not
+/// exist is told apart from a resolver that did not answer.
+async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, PolicyError> {
+    let name = host.to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let hints = dns_lookup::AddrInfoHints {
+            socktype: dns_lookup::SockType::Stream.into(),
+            ..dns_lookup::AddrInfoHints::default()
+        };
+        dns_lookup::getaddrinfo(Some(&name), None, Some(hints)).map(|infos| {
+            let mut addrs: Vec<SocketAddr> = infos
+                .filter_map(Result::ok)
+                .map(|info| SocketAddr::new(info.sockaddr.ip(), port))
+                .collect();
+            addrs.dedup();
+            addrs
+        })
+    })
+    .await
+    .map_err(|e| PolicyError::Unresolvable {
+        host: host.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match answer {
+        Ok(addrs) if addrs.is_empty() => Err(PolicyError::NameNotFound {
+            host: host.to_owned(),
+        }),
+        Ok(addrs) => Ok(addrs),
+        Err(e) => match e.kind() {
+            dns_lookup::LookupErrorKind::NoName | dns_lookup::LookupErrorKind::NoData => {
+                Err(PolicyError::NameNotFound {
+                    host: host.to_owned(),
+                })
+            }
+            _ => Err(PolicyError::Unresolvable {
+                host: host.to_owned(),
+                reason: std::io::Error::from(e).to_string(),
+            }),
+        },
     }
 }
 
@@ -717,7 +773,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                PolicyError::Address { .. } | PolicyError::Unresolvable { .. }
+                PolicyError::Address { .. } | PolicyError::NameNotFound { .. }
             ),
             "{e}"
         );

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 use url2png_core::job::{ContractError, ErrorCode, JobMessage, RenderOptions};
-use url2png_core::keys::{FailureReason, FailureRecord, KeyLayout};
+use url2png_core::keys::{FailureReason, FailureRecord, KeyLayout, Phase};
 use url2png_core::policy::UrlPolicy;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -305,7 +305,21 @@ pub enum JobStatus {
     Failed {
         id: Uuid,
         reason: FailureReason,
+        /// One sentence for a person.
         message: String,
+        /// What an operator needs beyond the message (the browser's error
+        /// code, the proxy's answer, the last retryable error).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// For `timeout`: where the time ran out.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        phase: Option<Phase>,
+        /// For `http_error`: the page's status.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        http_status: Option<u16>,
+        /// For `blocked_by_policy`: the host or address refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
         attempts: u32,
         /// RFC 3339.
         failed_at: Option<String>,
@@ -616,6 +630,10 @@ pub async fn status(
             id,
             reason: record.reason,
             message: record.message,
+            detail: record.detail,
+            phase: record.phase,
+            http_status: record.http_status,
+            refused: record.refused,
             attempts: record.attempts,
             failed_at: record
                 .failed_at

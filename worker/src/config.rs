@@ -120,6 +120,17 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_RETRY_MAX_SECONDS", default_value_t = 300)]
     pub retry_max_seconds: u64,
 
+    /// Attempts a job has when the queue has no redrive policy (with one,
+    /// its `maxReceiveCount` is the limit). The last attempt writes the
+    /// failure record.
+    #[arg(long, env = "URL2PNG_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+
+    /// Render pages whose TLS certificate is not valid (self-signed,
+    /// expired, wrong name) instead of failing them with `tls_error`.
+    #[arg(long, env = "URL2PNG_ACCEPT_INVALID_CERTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_invalid_certs: bool,
+
     /// Address of `/healthz` and `/metrics`.
     #[arg(long, env = "URL2PNG_WORKER_LISTEN", default_value = "127.0.0.1:9091", value_parser = parse_addr)]
     pub listen: SocketAddr,

@@ -81,6 +81,10 @@ impl Scope {
     }
 }
 
+/// Header on the proxy's `502`, naming why the host was not reached:
+/// `name_not_found`, `resolver` or `connect` ([`Unreached::code`]).
+pub const UNREACHED_HEADER: &str = "x-url2png-unreached";
+
 /// One refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
@@ -88,6 +92,50 @@ pub struct Blocked {
     pub target: String,
     /// The rule, as a person reads it.
     pub reason: String,
+    /// The host or address the policy refused, when there is one.
+    pub refused: Option<String>,
+}
+
+/// A request the policy let through that the proxy could not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreached {
+    /// The name does not exist.
+    NameNotFound,
+    /// The resolver failed or did not answer.
+    Resolver,
+    /// No checked address of the host accepted a connection in time.
+    Connect,
+}
+
+impl Unreached {
+    /// The value of [`UNREACHED_HEADER`].
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NameNotFound => "name_not_found",
+            Self::Resolver => "resolver",
+            Self::Connect => "connect",
+        }
+    }
+
+    /// The inverse of [`code`](Self::code).
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::NameNotFound, Self::Resolver, Self::Connect]
+            .into_iter()
+            .find(|u| u.code() == code)
+    }
+}
+
+/// What a proxy did not let through or could not carry, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressEvent {
+    Blocked(Blocked),
+    Unreached {
+        /// `host:port` as requested.
+        target: String,
+        kind: Unreached,
+        /// The resolver's or the connection's own words.
+        detail: String,
+    },
 }
 
 /// Checked addresses of names, with the time they were resolved.
@@ -142,13 +190,9 @@ impl Egress {
     pub async fn proxy(&self, scope: Scope) -> io::Result<Proxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let blocked = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(accept(listener, self.clone(), scope, blocked.clone()));
-        Ok(Proxy {
-            addr,
-            blocked,
-            task,
-        })
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(accept(listener, self.clone(), scope, events.clone()));
+        Ok(Proxy { addr, events, task })
     }
 }
 
@@ -156,7 +200,7 @@ impl Egress {
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
-    blocked: Arc<Mutex<Vec<Blocked>>>,
+    events: Arc<Mutex<Vec<EgressEvent>>>,
     task: JoinHandle<()>,
 }
 
@@ -168,7 +212,18 @@ impl Proxy {
 
     /// What it refused so far.
     pub fn blocked(&self) -> Vec<Blocked> {
-        self.blocked.lock().expect("blocked log").clone()
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                EgressEvent::Blocked(b) => Some(b),
+                EgressEvent::Unreached { .. } => None,
+            })
+            .collect()
+    }
+
+    /// What it refused or could not reach so far, in order.
+    pub fn events(&self) -> Vec<EgressEvent> {
+        self.events.lock().expect("egress events").clone()
     }
 }
 
@@ -184,7 +239,7 @@ impl Drop for Proxy {
 struct Shared {
     egress: Egress,
     scope: Scope,
-    blocked: Arc<Mutex<Vec<Blocked>>>,
+    events: Arc<Mutex<Vec<EgressEvent>>>,
     idle: Mutex<HashMap<(String, u16), Vec<Upstream>>>,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -290,15 +345,19 @@ impl Shared {
     async fn tunnel(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let authority = request.uri().to_string();
         let Some((host, port)) = split_authority(&authority, 443) else {
-            return self.refuse(&authority, "malformed CONNECT target");
+            return self.refuse(&authority, "malformed CONNECT target", None);
         };
         let target = format!("{host}:{port}");
         let addrs = match self.admit(&host, port).await {
             Ok(addrs) => addrs,
-            Err(e) => return self.refuse(&target, &e.to_string()),
+            Err(e) => return self.not_admitted(&target, &e),
         };
         let Some(mut upstream) = connect_any(&addrs).await else {
-            return self.unreachable(&target);
+            return self.unreachable(
+                &target,
+                Unreached::Connect,
+                "no address accepted a connection",
+            );
         };
         self.count("allowed");
         self.spawn(async move {
@@ -318,20 +377,20 @@ impl Shared {
     async fn forward(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let raw = request.uri().to_string();
         let Ok(url) = url::Url::parse(&raw) else {
-            return self.refuse(&raw, "not an absolute URL");
+            return self.refuse(&raw, "not an absolute URL", None);
         };
         if url.scheme() != "http" {
             let reason = format!("scheme `{}` is not allowed through the proxy", url.scheme());
-            return self.refuse(&raw, &reason);
+            return self.refuse(&raw, &reason, Some(format!("{}:", url.scheme())));
         }
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-            return self.refuse(&raw, "no host");
+            return self.refuse(&raw, "no host", None);
         };
         let origin = (host.to_owned(), port);
         let target = format!("{host}:{port}");
         let addrs = match self.admit(host, port).await {
             Ok(addrs) => addrs,
-            Err(e) => return self.refuse(&target, &e.to_string()),
+            Err(e) => return self.not_admitted(&target, &e),
         };
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
@@ -339,7 +398,7 @@ impl Shared {
         };
         let (mut parts, body) = request.into_parts();
         let Ok(uri) = path.parse() else {
-            return self.refuse(&raw, "not an absolute URL");
+            return self.refuse(&raw, "not an absolute URL", None);
         };
         parts.uri = uri;
         strip_hop_by_hop(&mut parts.headers);
@@ -365,7 +424,11 @@ impl Shared {
                 Some(u) => Some(u),
                 None => self.open(&addrs).await,
             }) else {
-                return self.unreachable(&target);
+                return self.unreachable(
+                    &target,
+                    Unreached::Connect,
+                    "no address accepted a connection",
+                );
             };
             match upstream.sender.try_send_request(request).await {
                 Ok(mut response) => {
@@ -380,58 +443,99 @@ impl Shared {
                         fresh = true;
                     }
                     _ => {
-                        tracing::debug!(error = %e.into_error(), target, "upstream request failed");
-                        return self.unreachable(&target);
+                        let error = e.into_error().to_string();
+                        return self.unreachable(&target, Unreached::Connect, &error);
                     }
                 },
             }
         }
     }
 
-    fn unreachable(&self, target: &str) -> Response<Body> {
+    /// The answer to a request the policy did not admit: a refusal, or
+    /// DNS having no (or no usable) answer, which is not one.
+    fn not_admitted(&self, target: &str, error: &PolicyError) -> Response<Body> {
+        match error {
+            PolicyError::NameNotFound { .. } => {
+                self.unreachable(target, Unreached::NameNotFound, &error.to_string())
+            }
+            PolicyError::Unresolvable { .. } => {
+                self.unreachable(target, Unreached::Resolver, &error.to_string())
+            }
+            _ => self.refuse(target, &error.to_string(), error.refused()),
+        }
+    }
+
+    fn unreachable(&self, target: &str, kind: Unreached, detail: &str) -> Response<Body> {
+        tracing::debug!(
+            target,
+            kind = kind.code(),
+            detail,
+            "egress could not reach a host"
+        );
         self.count("unreachable");
+        self.events
+            .lock()
+            .expect("egress events")
+            .push(EgressEvent::Unreached {
+                target: target.to_owned(),
+                kind,
+                detail: detail.to_owned(),
+            });
         text(
             StatusCode::BAD_GATEWAY,
-            None,
-            format!("cannot connect to {target}\n"),
+            Some((UNREACHED_HEADER, HeaderValue::from_static(kind.code()))),
+            format!("cannot reach {target}: {}\n", visible(detail)),
         )
     }
 
-    fn refuse(&self, target: &str, reason: &str) -> Response<Body> {
+    fn refuse(&self, target: &str, reason: &str, refused: Option<String>) -> Response<Body> {
         match self.scope {
             Scope::Job => tracing::info!(target, reason, "egress refused"),
             Scope::Browser => tracing::debug!(target, reason, "background request refused"),
         }
         self.count("blocked");
-        self.blocked.lock().expect("blocked log").push(Blocked {
-            target: target.to_owned(),
-            reason: reason.to_owned(),
-        });
-        // Header values must be visible ASCII.
-        let header: String = reason
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect();
+        self.events
+            .lock()
+            .expect("egress events")
+            .push(EgressEvent::Blocked(Blocked {
+                target: target.to_owned(),
+                reason: reason.to_owned(),
+                refused,
+            }));
         text(
             StatusCode::FORBIDDEN,
-            HeaderValue::from_str(&header).ok(),
+            HeaderValue::from_str(&visible(reason))
+                .ok()
+                .map(|v| (BLOCKED_HEADER, v)),
             format!("blocked by the url2png egress policy: {reason}\n"),
         )
     }
+}
+
+/// `text` with anything but visible ASCII and spaces replaced, as header
+/// values must be.
+fn visible(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A plain-text answer of the proxy's own, with the refusal header if any.
-fn text(status: StatusCode, blocked: Option<HeaderValue>, body: String) -> Response<Body> {
+/// A plain-text answer of the proxy's own, with its header if any.
+fn text(
+    status: StatusCode,
+    extra: Option<(&'static str, HeaderValue)>,
+    body: String,
+) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
@@ -443,8 +547,8 @@ fn text(status: StatusCode, blocked: Option<HeaderValue>, body: String) -> Respo
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Some(value) = blocked {
-        headers.insert(BLOCKED_HEADER, value);
+    if let Some((name, value)) = extra {
+        headers.insert(name, value);
     }
     response
 }
@@ -473,12 +577,12 @@ async fn accept(
     listener: TcpListener,
     egress: Egress,
     scope: Scope,
-    blocked: Arc<Mutex<Vec<Blocked>>>,
+    events: Arc<Mutex<Vec<EgressEvent>>>,
 ) {
     let shared = Arc::new(Shared {
         egress,
         scope,
-        blocked,
+        events,
         idle: Mutex::new(HashMap::new()),
         tasks: Mutex::new(JoinSet::new()),
     });

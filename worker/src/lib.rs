@@ -13,10 +13,12 @@
 //! tests run the real thing against an emulator on loopback.
 
 pub mod ack;
+pub mod attempts;
 pub mod backoff;
 pub mod cdp;
 pub mod config;
 pub mod egress;
+pub mod failure;
 pub mod heartbeat;
 pub mod metrics;
 pub mod pool;
@@ -39,6 +41,7 @@ use url2png_core::aws::Clients;
 pub use config::Config;
 
 use crate::ack::Acker;
+use crate::attempts::Attempts;
 use crate::egress::Egress;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
@@ -85,6 +88,11 @@ impl Worker {
                     .chromium_args
                     .split_whitespace()
                     .map(str::to_owned)
+                    .chain(
+                        config
+                            .accept_invalid_certs
+                            .then(|| "--ignore-certificate-errors".to_owned()),
+                    )
                     .collect(),
                 sandbox: config.sandbox(),
                 browsers: config.browsers,
@@ -166,6 +174,19 @@ impl Worker {
             self.metrics.clone(),
             Duration::from_millis(config.delete_flush_ms),
         );
+        let attempts = Attempts::new(config.max_attempts);
+        if let Err(e) = attempts.refresh(&sqs, &config.store.queue_url).await {
+            tracing::warn!(
+                error = %e,
+                max_attempts = attempts.max(),
+                "reading the queue's redrive policy failed; using the configured attempt limit until it works"
+            );
+        }
+        let attempts_task = tokio::spawn(attempts.clone().run(
+            sqs.clone(),
+            config.store.queue_url.clone(),
+            background.clone(),
+        ));
         let ctx = Arc::new(Ctx {
             s3: self.clients.s3.clone(),
             bucket: config.store.bucket.clone(),
@@ -180,6 +201,7 @@ impl Worker {
             cdp_timeout: Duration::from_secs(config.cdp_timeout_seconds),
             retry_base: Duration::from_secs(config.retry_base_seconds),
             retry_max: Duration::from_secs(config.retry_max_seconds),
+            attempts: attempts.clone(),
             rendering: Arc::default(),
             renders: Arc::new(Semaphore::new(config.concurrency())),
         });
@@ -257,6 +279,7 @@ impl Worker {
         let _ = tokio::time::timeout(Duration::from_secs(10), acker_task).await;
         background.cancel();
         let _ = heartbeat_task.await;
+        let _ = attempts_task.await;
         ops_stop.cancel();
         let _ = ops_task.await;
         tracing::info!("worker stopped");

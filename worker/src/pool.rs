@@ -32,7 +32,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::cdp::{self, Cdp};
-use crate::egress::{Blocked, Egress, Proxy, Scope};
+use crate::egress::{Blocked, Egress, EgressEvent, Proxy, Scope};
 use crate::metrics::Metrics;
 use crate::render::{RequestCheck, Tab, TabSettings};
 
@@ -457,6 +457,11 @@ impl Lease {
     /// What the egress guard refused for this page so far.
     pub fn blocked(&self) -> Vec<Blocked> {
         self.proxy.as_ref().map(Proxy::blocked).unwrap_or_default()
+    }
+
+    /// What this page's proxy refused or could not reach, in order.
+    pub fn egress_events(&self) -> Vec<EgressEvent> {
+        self.proxy.as_ref().map(Proxy::events).unwrap_or_default()
     }
 
     /// Whether the browser behind this page is still alive.

@@ -7,9 +7,14 @@
 //!   error the job asked to fail on): a failure record is stored, then the
 //!   message is deleted;
 //! - retryable (timeout, browser crash, S3 trouble): the message is hidden
-//!   for a backoff that grows with its receive count, and the queue's
-//!   redrive policy ends the story of a message that keeps failing;
+//!   for a backoff that grows with its receive count; on its last attempt
+//!   ([`Attempts`]) the failure record is written instead, and the message
+//!   is left to the queue's redrive policy, which moves it to the
+//!   dead-letter queue (without one, it is deleted), so every job ends
+//!   `done` or `failed`;
 //! - cancelled at shutdown: the message is made visible at once.
+//!
+//! What a failure is called is decided in [`crate::failure`] alone.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,16 +25,18 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use url2png_core::job::{ErrorCode, JobMessage};
-use url2png_core::keys::{FailureReason, FailureRecord, KeyLayout};
+use url2png_core::job::JobMessage;
+use url2png_core::keys::{FailureRecord, KeyLayout};
 use uuid::Uuid;
 
 use crate::ack::Acker;
+use crate::attempts::Attempts;
 use crate::backoff::retry_visibility_secs;
+use crate::failure::JobFailure;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::render::{RenderError, Rendered};
+use crate::render::Rendered;
 
 /// What every job needs; shared by all of them.
 #[derive(Debug)]
@@ -47,6 +54,8 @@ pub struct Ctx {
     pub cdp_timeout: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// How many attempts a job has.
+    pub attempts: Arc<Attempts>,
     /// Job ids being handled in this process. SQS delivers at least once,
     /// and two deliveries of one job can arrive together; the second waits
     /// instead of rendering the same page (or recording the same failure)
@@ -80,7 +89,10 @@ enum Outcome {
     /// Done with the message: delete it. The label is the `outcome` metric.
     Done(&'static str),
     /// Try again after a backoff.
-    Retry(String),
+    Retry(JobFailure),
+    /// The last attempt failed and its record is written: leave the
+    /// message to the queue's redrive policy (the dead-letter queue).
+    DeadLetter,
     /// Cancelled at shutdown: hand back at once.
     Release,
 }
@@ -127,11 +139,17 @@ pub async fn process(
             ctx.acker.delete(message_id, receipt);
             ctx.metrics.jobs.with_label_values(&[label]).inc();
         }
-        Outcome::Retry(why) => {
+        Outcome::Retry(failure) => {
             let secs = retry_visibility_secs(receive_count, ctx.retry_base, ctx.retry_max);
-            tracing::warn!(reason = %why, retry_in_secs = secs, "job failed; will retry");
+            tracing::warn!(reason = %failure.describe(), retry_in_secs = secs, "job failed; will retry");
             ctx.acker.release(message_id, receipt, secs).await;
             ctx.metrics.jobs.with_label_values(&["retried"]).inc();
+        }
+        Outcome::DeadLetter => {
+            // Visible again at once: the next receive moves it to the
+            // dead-letter queue.
+            ctx.acker.release(message_id, receipt, 0).await;
+            ctx.metrics.jobs.with_label_values(&["failed"]).inc();
         }
         Outcome::Release => {
             tracing::info!("shutting down; handing the message back");
@@ -150,6 +168,33 @@ async fn handle(
     sent_at: Option<SystemTime>,
 ) -> Outcome {
     let parsed = JobMessage::parse(body.as_bytes());
+    let job = parsed.as_ref().ok().map(|job| (job.id, job.url.clone()));
+    let outcome = attempt(ctx, message_id, body, parsed, receive_count, sent_at).await;
+    match (outcome, job) {
+        (Outcome::Retry(failure), Some((id, url))) if ctx.attempts.is_last(receive_count) => {
+            let failure = failure.last_attempt();
+            tracing::warn!(
+                reason = %failure.describe(),
+                attempts = receive_count,
+                "the job's last attempt failed; recording the failure"
+            );
+            match store_failure(ctx, id, Some(url), failure, receive_count).await {
+                Outcome::Done(_) if ctx.attempts.has_dead_letter_queue() => Outcome::DeadLetter,
+                other => other,
+            }
+        }
+        (outcome, _) => outcome,
+    }
+}
+
+async fn attempt(
+    ctx: &Ctx,
+    message_id: &str,
+    body: &str,
+    parsed: Result<JobMessage, url2png_core::ContractError>,
+    receive_count: u32,
+    sent_at: Option<SystemTime>,
+) -> Outcome {
     let (id, salvaged_url) = match &parsed {
         Ok(job) => (job.id, None),
         Err(_) => salvage(body, message_id),
@@ -187,13 +232,14 @@ async fn handle(
                 return Outcome::Done("duplicate");
             }
             tracing::warn!(error = %e, "refusing a message that breaks the contract");
-            let reason = if e.code == ErrorCode::UnsupportedVersion {
-                FailureReason::UnsupportedVersion
-            } else {
-                FailureReason::InvalidMessage
-            };
-            return store_failure(ctx, id, salvaged_url, reason, e.to_string(), receive_count)
-                .await;
+            return store_failure(
+                ctx,
+                id,
+                salvaged_url,
+                JobFailure::contract(&e),
+                receive_count,
+            )
+            .await;
         }
     };
     let key = ctx.layout.image(job.id, job.options.format);
@@ -210,8 +256,7 @@ async fn handle(
             ctx,
             job.id,
             Some(job.url.clone()),
-            FailureReason::BlockedByPolicy,
-            e.to_string(),
+            JobFailure::policy(&e),
             receive_count,
         )
         .await;
@@ -225,18 +270,10 @@ async fn handle(
     let started = Instant::now();
     let rendered = match render_job(ctx, &job).await {
         Ok(rendered) => rendered,
-        Err(Failure::Retry(why)) => return Outcome::Retry(why),
-        Err(Failure::Permanent(reason, message)) => {
-            tracing::info!(reason = reason.as_str(), %message, "job failed for good");
-            return store_failure(
-                ctx,
-                job.id,
-                Some(job.url.clone()),
-                reason,
-                message,
-                receive_count,
-            )
-            .await;
+        Err(failure) if failure.retryable => return Outcome::Retry(failure),
+        Err(failure) => {
+            tracing::info!(reason = %failure.describe(), "job failed for good");
+            return store_failure(ctx, job.id, Some(job.url.clone()), failure, receive_count).await;
         }
     };
     ctx.metrics
@@ -255,31 +292,33 @@ async fn handle(
             tracing::info!(key, elapsed = ?started.elapsed(), "image stored");
             Outcome::Done("stored")
         }
-        Err(e) => Outcome::Retry(format!("storing the image: {e}")),
+        Err(e) => Outcome::Retry(JobFailure::transient(format!("storing the image: {e}"))),
     }
 }
 
-enum Failure {
-    Retry(String),
-    Permanent(FailureReason, String),
-}
-
-async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
+async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, JobFailure> {
     let started = Instant::now();
+    let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
     // Slots outnumber pages by the prefetch: a job may wait for the jobs
     // ahead of it, as long as a render may take.
     let wait = ctx.render_timeout.max(ctx.cdp_timeout * 3);
+    let no_page = || {
+        JobFailure::timeout(
+            url2png_core::keys::Phase::Page,
+            &job.options.wait_for,
+            wait.as_millis(),
+        )
+    };
     let _render = match tokio::time::timeout(wait, ctx.renders.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
-        _ => return Err(Failure::Retry("no render slot came free".into())),
+        _ => return Err(no_page()),
     };
     let lease = ctx
         .pool
         .acquire(wait)
         .await
-        .map_err(|e| Failure::Retry(e.to_string()))?;
+        .map_err(|e| JobFailure::transient(e.to_string()))?;
     tracing::debug!(elapsed = ?started.elapsed(), "page acquired");
-    let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
     let result = tokio::time::timeout(budget, lease.tab().render(&job.url, &job.options)).await;
     match result {
         Ok(Ok(rendered)) => {
@@ -293,49 +332,20 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, Failure> {
             }
             Ok(rendered)
         }
-        Err(_) if !lease.browser_alive() => Err(Failure::Retry("the browser died".into())),
-        Err(_) => Err(Failure::Retry(format!(
-            "the page did not finish within {} ms",
-            budget.as_millis()
-        ))),
-        // A page whose navigation failed while its proxy refused something
-        // was refused itself (a CONNECT the guard answered 403 surfaces as
-        // a tunnel error).
-        Ok(Err(RenderError::Navigation { text, .. })) if text.contains("ERR_BLOCKED_BY_CLIENT") => {
-            Err(Failure::Permanent(
-                FailureReason::BlockedByPolicy,
-                format!("{text}: the page's URL was refused inside the browser"),
-            ))
-        }
-        Ok(Err(RenderError::Navigation { text, .. })) if !lease.blocked().is_empty() => {
-            let blocked = lease.blocked();
-            let reasons: Vec<String> = blocked
-                .iter()
-                .map(|b| format!("{}: {}", b.target, b.reason))
-                .collect();
-            Err(Failure::Permanent(
-                FailureReason::BlockedByPolicy,
-                format!(
-                    "{text}; refused by the egress guard: {}",
-                    reasons.join("; ")
-                ),
-            ))
-        }
+        Err(_) if !lease.browser_alive() => Err(JobFailure::browser_died()),
+        Err(_) => Err(JobFailure::timeout(
+            lease.tab().phase(),
+            &job.options.wait_for,
+            budget.as_millis(),
+        )),
         Ok(Err(e)) => {
             if e.suspects_browser() {
                 ctx.pool.report_suspect(&lease);
             }
-            if e.is_retryable() {
-                return Err(Failure::Retry(e.to_string()));
+            if !lease.browser_alive() {
+                return Err(JobFailure::browser_died());
             }
-            let reason = match e {
-                RenderError::HttpStatus(_) => FailureReason::HttpError,
-                RenderError::Blocked(_) => FailureReason::BlockedByPolicy,
-                RenderError::InvalidSelector(_) => FailureReason::InvalidMessage,
-                RenderError::Navigation { .. } => FailureReason::NavigationFailed,
-                RenderError::CdpTimeout(..) | RenderError::Cdp(..) => FailureReason::RenderFailed,
-            };
-            Err(Failure::Permanent(reason, e.to_string()))
+            Err(JobFailure::render(&e, &lease.egress_events()))
         }
     }
 }
@@ -435,15 +445,18 @@ async fn store_failure(
     ctx: &Ctx,
     id: Uuid,
     url: Option<String>,
-    reason: FailureReason,
-    message: String,
+    failure: JobFailure,
     attempts: u32,
 ) -> Outcome {
     let record = FailureRecord {
         id,
         url,
-        reason,
-        message,
+        reason: failure.reason,
+        message: failure.message.clone(),
+        detail: failure.detail.clone(),
+        phase: failure.phase,
+        http_status: failure.http_status,
+        refused: failure.refused.clone(),
         attempts,
         failed_at: OffsetDateTime::now_utc(),
     };
@@ -460,10 +473,11 @@ async fn store_failure(
     ctx.metrics.aws_call("s3", "PutObject", started, &result);
     match result {
         Ok(_) => Outcome::Done("failed"),
-        Err(e) => Outcome::Retry(format!(
-            "storing the failure record: {}",
+        Err(e) => Outcome::Retry(JobFailure::transient(format!(
+            "storing the failure record ({}): {}",
+            failure.reason.as_str(),
             aws_sdk_s3::error::DisplayErrorContext(&e)
-        )),
+        ))),
     }
 }
 

@@ -42,9 +42,11 @@ use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::types::Command;
 use tokio::sync::mpsc;
 use url2png_core::job::{ImageFormat, RenderOptions, WaitFor};
+use url2png_core::keys::Phase;
 use url2png_core::policy::UrlPolicy;
 
 use crate::cdp::{Cdp, CdpError, Event, Events};
+use crate::egress::Unreached;
 
 /// The image and what is known about it.
 #[derive(Debug, Clone)]
@@ -62,19 +64,34 @@ pub struct Rendered {
 /// Why a render did not produce an image.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// Chromium could not load the page (`net::ERR_…`).
-    #[error("navigation failed: {text}")]
-    Navigation { text: String, permanent: bool },
+    /// Chromium could not load the page: its `net::ERR_…` code, decoded.
+    #[error("the page did not load ({text})")]
+    Navigation { error: NetError, text: String },
     /// The main document answered with an error status and the job asked
     /// to fail on that.
     #[error("the page answered HTTP {0}")]
     HttpStatus(u16),
-    /// The egress guard refused the page itself.
-    #[error("blocked by policy: {0}")]
-    Blocked(String),
+    /// The egress guard refused the page itself (its `403` was the main
+    /// document); `reason` is the guard's rule.
+    #[error("the page was refused by the egress policy: {reason}")]
+    Blocked { reason: String },
+    /// The request check inside the browser refused the page itself (a
+    /// redirect to a refused address literal or scheme).
+    #[error("the page was refused inside the browser: {url}: {reason}")]
+    RefusedInBrowser { url: String, reason: String },
+    /// The egress proxy could not reach the page's host (its `502` was the
+    /// main document).
+    #[error("the page's host was not reached ({})", .0.code())]
+    Unreached(Unreached),
+    /// The page asks for credentials; a job has none to give.
+    #[error("the page asks for credentials")]
+    AuthRequired,
     /// The wait selector is not valid CSS.
     #[error("invalid selector: {0}")]
     InvalidSelector(String),
+    /// The page's renderer crashed (or was killed).
+    #[error("the page's renderer crashed")]
+    Crashed,
     /// A call into Chromium did not answer in time.
     #[error("Chromium did not answer `{0}` within {1:?}")]
     CdpTimeout(&'static str, Duration),
@@ -84,15 +101,6 @@ pub enum RenderError {
 }
 
 impl RenderError {
-    /// Whether trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Navigation { permanent, .. } => !permanent,
-            Self::HttpStatus(_) | Self::InvalidSelector(_) | Self::Blocked(_) => false,
-            Self::CdpTimeout(..) | Self::Cdp(..) => true,
-        }
-    }
-
     /// Whether the failure points at the browser rather than the page.
     pub fn suspects_browser(&self) -> bool {
         matches!(self, Self::CdpTimeout(..) | Self::Cdp(..))
@@ -106,34 +114,77 @@ impl RenderError {
     }
 }
 
-/// Network errors that no retry will fix: the name does not exist, the URL
-/// or port is refused by Chromium itself, the certificate is bad, the page
-/// asks for credentials, or the target is a download rather than a page.
-fn is_permanent_net_error(text: &str) -> bool {
-    const PERMANENT: &[&str] = &[
-        "ERR_NAME_NOT_RESOLVED",
-        "ERR_INVALID_URL",
-        "ERR_UNSAFE_PORT",
-        "ERR_UNSAFE_REDIRECT",
-        "ERR_DISALLOWED_URL_SCHEME",
-        "ERR_UNKNOWN_URL_SCHEME",
-        "ERR_BLOCKED_BY_CLIENT",
-        "ERR_BLOCKED_BY_ADMINISTRATOR",
-        "ERR_BLOCKED_BY_RESPONSE",
-        "ERR_TOO_MANY_REDIRECTS",
-        "ERR_INVALID_RESPONSE",
-        "ERR_INVALID_REDIRECT",
-        "ERR_ABORTED",
-        "ERR_CERT_",
-        "ERR_SSL_",
-        "ERR_BAD_SSL_CLIENT_AUTH_CERT",
-        "ERR_ADDRESS_INVALID",
-        "ERR_ADDRESS_UNREACHABLE",
-        "ERR_ACCESS_DENIED",
-        // The page asks for credentials; a job has none to give.
-        "ERR_INVALID_AUTH_CREDENTIALS",
-    ];
-    PERMANENT.iter().any(|p| text.contains(p))
+/// The kind of a network error Chromium reports, decoded once from the
+/// `net::ERR_…` code in `Page.navigate`'s answer (Chromium's
+/// `net_error_list.h` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetError {
+    /// The name does not exist.
+    NameNotResolved,
+    /// The resolver failed or did not answer.
+    ResolverFailed,
+    /// A certificate or TLS handshake error.
+    Tls,
+    /// Refused, reset, closed, timed out or unreachable.
+    Connection,
+    /// The proxy did not open a tunnel; its own log says why.
+    Tunnel,
+    /// Refused inside the browser (the request check).
+    BlockedByClient,
+    /// The navigation was cut short: a download, or a renderer that died.
+    Aborted,
+    /// What no retry changes: a redirect loop, an invalid response or
+    /// redirect, a URL, scheme or port Chromium refuses.
+    Permanent,
+    /// Anything else.
+    Other,
+}
+
+impl NetError {
+    /// Decode `net::ERR_NAME_NOT_RESOLVED` and the like.
+    pub fn parse(text: &str) -> Self {
+        let code = text.trim();
+        let code = code.strip_prefix("net::").unwrap_or(code);
+        let code = code.split_whitespace().next().unwrap_or_default();
+        match code {
+            "ERR_NAME_NOT_RESOLVED" => Self::NameNotResolved,
+            "ERR_NAME_RESOLUTION_FAILED" | "ERR_DNS_TIMED_OUT" | "ERR_DNS_SERVER_FAILED" => {
+                Self::ResolverFailed
+            }
+            "ERR_TUNNEL_CONNECTION_FAILED" | "ERR_PROXY_CONNECTION_FAILED" => Self::Tunnel,
+            "ERR_BLOCKED_BY_CLIENT" => Self::BlockedByClient,
+            "ERR_ABORTED" => Self::Aborted,
+            "ERR_CONNECTION_REFUSED"
+            | "ERR_CONNECTION_RESET"
+            | "ERR_CONNECTION_CLOSED"
+            | "ERR_CONNECTION_FAILED"
+            | "ERR_CONNECTION_TIMED_OUT"
+            | "ERR_CONNECTION_ABORTED"
+            | "ERR_TIMED_OUT"
+            | "ERR_ADDRESS_UNREACHABLE"
+            | "ERR_EMPTY_RESPONSE"
+            | "ERR_NETWORK_CHANGED"
+            | "ERR_INTERNET_DISCONNECTED" => Self::Connection,
+            "ERR_BAD_SSL_CLIENT_AUTH_CERT" => Self::Tls,
+            c if c.starts_with("ERR_CERT_") || c.starts_with("ERR_SSL_") => Self::Tls,
+            "ERR_INVALID_URL"
+            | "ERR_UNSAFE_PORT"
+            | "ERR_UNSAFE_REDIRECT"
+            | "ERR_DISALLOWED_URL_SCHEME"
+            | "ERR_UNKNOWN_URL_SCHEME"
+            | "ERR_BLOCKED_BY_ADMINISTRATOR"
+            | "ERR_BLOCKED_BY_RESPONSE"
+            | "ERR_TOO_MANY_REDIRECTS"
+            | "ERR_INVALID_RESPONSE"
+            | "ERR_INVALID_REDIRECT"
+            | "ERR_ADDRESS_INVALID"
+            | "ERR_ACCESS_DENIED"
+            | "ERR_INVALID_AUTH_CREDENTIALS"
+            | "ERR_RESPONSE_HEADERS_TOO_BIG"
+            | "ERR_CONTENT_DECODING_FAILED" => Self::Permanent,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// The second layer of the URL policy, inside Chromium: every request a
@@ -168,6 +219,11 @@ struct Document {
     status: Option<u16>,
     /// The egress guard's refusal header on that response.
     blocked: Option<String>,
+    /// The egress proxy's header on that response when it could not reach
+    /// the host.
+    unreached: Option<Unreached>,
+    /// The request check refused a main-frame document: its URL and why.
+    refused: Option<(String, String)>,
     /// The main document asked for credentials.
     auth_required: bool,
     /// The page's renderer crashed (or was killed).
@@ -187,8 +243,14 @@ pub struct Tab {
     /// Whether `Network` events are passed on (a job waiting for the
     /// network to go quiet enables the domain itself).
     network: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the current render is, for a timeout to say (a [`Phase`]
+    /// index).
+    phase: std::sync::atomic::AtomicU8,
     pump: tokio::task::JoinHandle<()>,
 }
+
+/// The phases a render goes through, in order.
+const PHASES: [Phase; 3] = [Phase::Navigation, Phase::Wait, Phase::Capture];
 
 impl Drop for Tab {
     fn drop(&mut self) {
@@ -266,8 +328,22 @@ impl Tab {
             events: tokio::sync::Mutex::new(forwarded),
             document,
             network,
+            phase: std::sync::atomic::AtomicU8::new(0),
             pump,
         })
+    }
+
+    /// The phase the latest render reached.
+    pub fn phase(&self) -> Phase {
+        PHASES[usize::from(self.phase.load(std::sync::atomic::Ordering::Acquire)).min(2)]
+    }
+
+    fn enter(&self, phase: Phase) {
+        let index = PHASES.iter().position(|p| *p == phase).unwrap_or(0);
+        self.phase.store(
+            u8::try_from(index).unwrap_or(0),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     async fn call<C: Command>(
@@ -290,6 +366,7 @@ impl Tab {
         options: &RenderOptions,
     ) -> Result<Rendered, RenderError> {
         let timeout = self.settings.cdp_timeout;
+        self.enter(Phase::Navigation);
         let mut events = self.events.lock().await;
         let metrics = self.call(
             "Emulation.setDeviceMetricsOverride",
@@ -326,9 +403,15 @@ impl Tab {
             // `ERR_ABORTED` like a download would; it is the browser's
             // trouble, not the page's.
             if self.renderer_crashed(&mut events).await {
-                return Err(crashed());
+                return Err(RenderError::Crashed);
             }
-            return Err(navigation_error(text));
+            let error = NetError::parse(&text);
+            if error == NetError::BlockedByClient
+                && let Some((url, reason)) = self.document.lock().expect("document").refused.clone()
+            {
+                return Err(RenderError::RefusedInBrowser { url, reason });
+            }
+            return Err(RenderError::Navigation { error, text });
         }
         // The document this navigation made, and any a client redirect
         // makes after it, count; an earlier one (about:blank) does not.
@@ -347,7 +430,7 @@ impl Tab {
             };
             network.observe(&event);
             if event.is::<EventTargetCrashed>() {
-                return Err(crashed());
+                return Err(RenderError::Crashed);
             }
             if let Some(nav) = event.decode::<EventFrameNavigated>() {
                 if nav.frame.parent_id.is_none() {
@@ -366,22 +449,23 @@ impl Tab {
             }
         }
 
-        let (status, blocked, auth) = {
+        let (status, blocked, unreached, auth) = {
             let document = self.document.lock().expect("document");
             (
                 document.status,
                 document.blocked.clone(),
+                document.unreached,
                 document.auth_required,
             )
         };
         if let Some(reason) = blocked {
-            return Err(RenderError::Blocked(reason));
+            return Err(RenderError::Blocked { reason });
+        }
+        if let Some(kind) = unreached {
+            return Err(RenderError::Unreached(kind));
         }
         if auth {
-            return Err(RenderError::Navigation {
-                text: "net::ERR_INVALID_AUTH_CREDENTIALS (the page asks for credentials)".into(),
-                permanent: true,
-            });
+            return Err(RenderError::AuthRequired);
         }
         if options.fail_on_http_error
             && let Some(code) = status.filter(|s| *s >= 400)
@@ -389,6 +473,7 @@ impl Tab {
             return Err(RenderError::HttpStatus(code));
         }
 
+        self.enter(Phase::Wait);
         match &options.wait_for {
             WaitFor::Load => {}
             WaitFor::NetworkIdle => network.wait(&mut events).await,
@@ -399,6 +484,7 @@ impl Tab {
             tokio::time::sleep(Duration::from_millis(options.delay_ms.into())).await;
         }
 
+        self.enter(Phase::Capture);
         self.capture(options).await.map(|mut r| {
             r.status = status;
             r
@@ -553,11 +639,24 @@ async fn pump(
                 doc.status = paused
                     .response_status_code
                     .and_then(|s| u16::try_from(s).ok());
-                doc.blocked = paused.response_headers.iter().flatten().find_map(|h| {
-                    h.name
-                        .eq_ignore_ascii_case(crate::egress::BLOCKED_HEADER)
-                        .then(|| h.value.clone())
-                });
+                let header =
+                    |name: &str| {
+                        paused.response_headers.iter().flatten().find_map(|h| {
+                            h.name.eq_ignore_ascii_case(name).then(|| h.value.clone())
+                        })
+                    };
+                doc.blocked = header(crate::egress::BLOCKED_HEADER);
+                doc.unreached =
+                    header(crate::egress::UNREACHED_HEADER).and_then(|c| Unreached::from_code(&c));
+            }
+            if main_document
+                && !at_response
+                && let Err(reason) = &verdict
+            {
+                document.lock().expect("document").refused = Some((
+                    truncate(&paused.request.url, 500).to_owned(),
+                    reason.clone(),
+                ));
             }
             let sent = match verdict {
                 Ok(()) => cdp.send(sid, &fetch::ContinueRequestParams::new(paused.request_id)),
@@ -724,20 +823,6 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn crashed() -> RenderError {
-    RenderError::Cdp(
-        "Inspector.targetCrashed",
-        "the page's renderer crashed".into(),
-    )
-}
-
-fn navigation_error(text: String) -> RenderError {
-    RenderError::Navigation {
-        permanent: is_permanent_net_error(&text),
-        text,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,12 +891,27 @@ mod tests {
     }
 
     #[test]
-    fn classifies_network_errors() {
-        assert!(is_permanent_net_error("net::ERR_NAME_NOT_RESOLVED"));
-        assert!(is_permanent_net_error("net::ERR_CERT_AUTHORITY_INVALID"));
-        assert!(is_permanent_net_error("net::ERR_INVALID_AUTH_CREDENTIALS"));
-        assert!(!is_permanent_net_error("net::ERR_CONNECTION_REFUSED"));
-        assert!(!is_permanent_net_error("net::ERR_CONNECTION_RESET"));
-        assert!(!is_permanent_net_error("net::ERR_TIMED_OUT"));
+    fn decodes_network_error_codes() {
+        for (text, kind) in [
+            ("net::ERR_NAME_NOT_RESOLVED", NetError::NameNotResolved),
+            ("net::ERR_NAME_RESOLUTION_FAILED", NetError::ResolverFailed),
+            ("net::ERR_CERT_AUTHORITY_INVALID", NetError::Tls),
+            ("net::ERR_CERT_DATE_INVALID", NetError::Tls),
+            ("net::ERR_SSL_PROTOCOL_ERROR", NetError::Tls),
+            ("net::ERR_CONNECTION_REFUSED", NetError::Connection),
+            ("net::ERR_CONNECTION_RESET", NetError::Connection),
+            ("net::ERR_TIMED_OUT", NetError::Connection),
+            ("net::ERR_TUNNEL_CONNECTION_FAILED", NetError::Tunnel),
+            ("net::ERR_BLOCKED_BY_CLIENT", NetError::BlockedByClient),
+            ("net::ERR_ABORTED", NetError::Aborted),
+            ("net::ERR_TOO_MANY_REDIRECTS", NetError::Permanent),
+            ("net::ERR_INVALID_AUTH_CREDENTIALS", NetError::Permanent),
+            ("net::ERR_SOMETHING_NEW", NetError::Other),
+            // A code is matched whole, not by a part of it.
+            ("net::ERR_NAME_NOT_RESOLVED_LATER", NetError::Other),
+            ("", NetError::Other),
+        ] {
+            assert_eq!(NetError::parse(text), kind, "{text}");
+        }
     }
 }

@@ -68,7 +68,11 @@ async fn put_head_and_get_an_image_and_a_failure_record() {
         id,
         url: Some("https://example.com/".into()),
         reason: FailureReason::Timeout,
-        message: "page did not load within 30000 ms".into(),
+        message: "The job's timeout of 30000 ms ran out during navigation.".into(),
+        detail: None,
+        phase: Some(url2png_core::keys::Phase::Navigation),
+        http_status: None,
+        refused: None,
         attempts: 2,
         failed_at: time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)

@@ -380,7 +380,11 @@ async fn status_follows_what_the_worker_stores() {
         id: failed,
         url: Some("https://example.com/failed".into()),
         reason: FailureReason::Timeout,
-        message: "the page did not finish within 30000 ms".into(),
+        message: "The job's timeout of 30000 ms ran out during navigation.".into(),
+        detail: None,
+        phase: Some(url2png_core::keys::Phase::Navigation),
+        http_status: None,
+        refused: None,
         attempts: 3,
         failed_at: time::OffsetDateTime::now_utc(),
     };
@@ -416,6 +420,7 @@ async fn status_follows_what_the_worker_stores() {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "failed");
     assert_eq!(body["reason"], "timeout");
+    assert_eq!(body["phase"], "navigation");
     assert_eq!(body["attempts"], 3);
 
     let (status, body) = get_json(producer.addr, "/v1/screenshots/not-a-uuid").await;

@@ -117,6 +117,16 @@ async fn nothing_a_page_does_reaches_a_refused_address() {
             job.url,
             record.message
         );
+        // The record names what was refused, in one sentence; the rule
+        // and the proxy's words are in `detail`.
+        let refused = record.refused.clone().unwrap_or_default();
+        assert!(
+            ["127.0.0.2", "localhost"].contains(&refused.as_str()),
+            "{}: {record:?}",
+            job.url
+        );
+        assert!(record.message.ends_with('.'), "{record:?}");
+        assert!(record.detail.is_some(), "{record:?}");
     }
     assert!(site.hits_on("/hostile") >= 1);
     assert_eq!(
@@ -277,4 +287,50 @@ async fn a_kept_alive_proxy_connection_checks_every_request_and_reuses_the_origi
         hits.iter()
             .all(|h| h.headers.get("proxy-connection").is_none())
     );
+}
+
+#[tokio::test]
+async fn an_allowed_connect_opens_a_tunnel_that_carries_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use url2png_worker::egress::{Egress, Scope};
+    let policy = url2png_core::policy::UrlPolicy::new("127.0.0.1/32", "", "").unwrap();
+    let egress = Egress::new(policy, url2png_worker::metrics::Metrics::unregistered());
+    let proxy = egress.proxy(Scope::Job).await.unwrap();
+    let site = Fixtures::start().await;
+    let authority = site.addr().to_string();
+
+    let mut stream = tokio::net::TcpStream::connect(proxy.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        !head.contains("content-length") && !head.contains("transfer-encoding"),
+        "a tunnel's answer has no body framing: {head}"
+    );
+    // What goes in comes out at the site, and its answer comes back.
+    stream
+        .write_all(
+            format!("GET /through HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(site.hits_on("/through"), 1);
 }

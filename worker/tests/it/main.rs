@@ -4,6 +4,7 @@
 mod support;
 
 mod egress;
+mod endings;
 mod hostile_pages;
 mod isolation;
 mod lifecycle;
