@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use axum::Json;
@@ -45,6 +45,10 @@ pub struct AppState {
     /// (empty: relative URLs).
     pub public_url: String,
     pub retry_after_secs: u64,
+    /// Key of the tag in job ids (`url2png_core::id`).
+    pub id_secret: Vec<u8>,
+    /// The queue's message retention: how long a job may stay pending.
+    pub retention: Duration,
 }
 
 /// An API error, as `{"error": {"code", "message", "field"}}`.
@@ -116,7 +120,11 @@ impl From<ContractError> for ApiError {
 /// Turn one request object into a validated job. The URL and the render
 /// options are at the top level (`{"url": …, "width": 800}`); an
 /// `options` object is accepted too.
-pub fn job_from_value(value: Value, policy: &UrlPolicy) -> Result<JobMessage, ApiError> {
+pub fn job_from_value(
+    value: Value,
+    policy: &UrlPolicy,
+    id_secret: &[u8],
+) -> Result<JobMessage, ApiError> {
     let Value::Object(mut object) = value else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -177,7 +185,9 @@ pub fn job_from_value(value: Value, policy: &UrlPolicy) -> Result<JobMessage, Ap
             )
         });
     }
-    job.submitted_at = Some(time::OffsetDateTime::now_utc());
+    let now = std::time::SystemTime::now();
+    job.id = url2png_core::id::mint(id_secret, job.options.format, now);
+    job.submitted_at = Some(time::OffsetDateTime::from(now));
     Ok(job)
 }
 
@@ -286,8 +296,11 @@ pub struct BatchResponse {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum JobStatus {
-    /// Not rendered yet (or the id is unknown).
+    /// Accepted, not rendered yet.
     Pending { id: Uuid },
+    /// Accepted longer ago than the queue keeps messages, with no result:
+    /// there will be none (submit it again).
+    Expired { id: Uuid },
     /// The image exists.
     Done {
         id: Uuid,
@@ -409,7 +422,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let job = job_from_value(parse_body(&headers, body)?, &state.policy)?;
+    let job = job_from_value(parse_body(&headers, body)?, &state.policy, &state.id_secret)?;
     state
         .sender
         .send(job.clone())
@@ -484,7 +497,7 @@ pub async fn submit_batch(
     let sends = jobs.into_iter().map(|value| {
         let state = state.clone();
         async move {
-            let job = match job_from_value(value, &state.policy) {
+            let job = match job_from_value(value, &state.policy, &state.id_secret) {
                 Ok(job) => job,
                 Err(e) => return BatchItem::refused(&e),
             };
@@ -512,14 +525,111 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// What S3 says about a job.
 enum Status {
-    Done { key: String, size: i64 },
+    Done {
+        key: String,
+        size: i64,
+        content_type: Option<String>,
+        metadata: HashMap<String, String>,
+    },
     Failed(FailureRecord),
     Pending,
+    /// Older than the queue's retention, and no result: there will be none.
+    Expired,
+    /// Not an id this API accepted, and nothing in the bucket for it.
+    Unknown,
 }
 
+fn storage_unavailable(state: &AppState, what: &str, error: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(%error, "{what} failed");
+    ApiError {
+        retry_after: Some(state.retry_after_secs),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the image store is not reachable; try again later",
+        )
+    }
+}
+
+/// An id this API minted says its format: one `HEAD` of the image key
+/// answers a poll for a finished job, a `GET` of the failure record one
+/// that failed. Other ids (sent straight to the queue, or minted with
+/// another secret) are looked for with a `LIST` of their prefix.
 async fn status_of(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
+    let Some(minted) = url2png_core::id::verify(&state.id_secret, id) else {
+        return match listed_status(state, id).await? {
+            Status::Pending => Ok(Status::Unknown),
+            found => Ok(found),
+        };
+    };
+    let key = state.layout.image(id, minted.format);
+    let head = state
+        .s3
+        .head_object()
+        .bucket(&state.bucket)
+        .key(&key)
+        .send()
+        .await;
+    match head {
+        Ok(head) => {
+            return Ok(Status::Done {
+                key,
+                size: head.content_length().unwrap_or_default(),
+                content_type: head.content_type().map(str::to_owned),
+                metadata: head.metadata.unwrap_or_default(),
+            });
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {}
+        Err(e) => {
+            return Err(storage_unavailable(
+                state,
+                "looking up a job's image",
+                aws_sdk_s3::error::DisplayErrorContext(&e),
+            ));
+        }
+    }
+    if let Some(record) = failure_record(state, id).await? {
+        return Ok(Status::Failed(record));
+    }
+    let age = minted.at.elapsed().unwrap_or_default();
+    Ok(if age > state.retention {
+        Status::Expired
+    } else {
+        Status::Pending
+    })
+}
+
+/// The job's failure record, if there is one.
+async fn failure_record(state: &AppState, id: Uuid) -> Result<Option<FailureRecord>, ApiError> {
+    let got = state
+        .s3
+        .get_object()
+        .bucket(&state.bucket)
+        .key(state.layout.failure(id))
+        .send()
+        .await;
+    match got {
+        Ok(object) => {
+            let bytes = object
+                .body
+                .collect()
+                .await
+                .map_err(|e| storage_unavailable(state, "reading a failure record", e))?;
+            Ok(FailureRecord::from_json(&bytes.into_bytes()).ok())
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+        Err(e) => Err(storage_unavailable(
+            state,
+            "reading a failure record",
+            aws_sdk_s3::error::DisplayErrorContext(&e),
+        )),
+    }
+}
+
+/// The status of a job whose id does not say its format: a `LIST` of its
+/// keys.
+async fn listed_status(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
     let prefix = format!("{}{id}.", state.layout.prefix());
-    let started = Instant::now();
     let listed = state
         .s3
         .list_objects_v2()
@@ -528,13 +638,12 @@ async fn status_of(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
         .send()
         .await
         .map_err(|e| {
-            tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&e), "listing a job's objects failed");
-            ApiError {
-                retry_after: Some(state.retry_after_secs),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the image store is not reachable; try again later")
-            }
+            storage_unavailable(
+                state,
+                "listing a job's objects",
+                aws_sdk_s3::error::DisplayErrorContext(&e),
+            )
         })?;
-    tracing::debug!(elapsed = ?started.elapsed(), "status lookup");
     let failure_key = state.layout.failure(id);
     let mut failure = false;
     for object in listed.contents() {
@@ -543,29 +652,37 @@ async fn status_of(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
             failure = true;
         } else {
             // An image wins over a failure record: a later attempt succeeded.
+            let head = state
+                .s3
+                .head_object()
+                .bucket(&state.bucket)
+                .key(key)
+                .send()
+                .await
+                .ok();
             return Ok(Status::Done {
                 key: key.to_owned(),
                 size: object.size().unwrap_or_default(),
+                content_type: head
+                    .as_ref()
+                    .and_then(|h| h.content_type())
+                    .map(str::to_owned),
+                metadata: head.and_then(|h| h.metadata).unwrap_or_default(),
             });
         }
     }
-    if failure {
-        let record = state
-            .s3
-            .get_object()
-            .bucket(&state.bucket)
-            .key(&failure_key)
-            .send()
-            .await
-            .ok();
-        if let Some(object) = record
-            && let Ok(bytes) = object.body.collect().await
-            && let Ok(record) = FailureRecord::from_json(&bytes.into_bytes())
-        {
-            return Ok(Status::Failed(record));
-        }
+    if failure && let Some(record) = failure_record(state, id).await? {
+        return Ok(Status::Failed(record));
     }
     Ok(Status::Pending)
+}
+
+fn unknown_id() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no job with this id was accepted here",
+    )
 }
 
 async fn presign(state: &AppState, key: &str) -> Result<String, ApiError> {
@@ -591,6 +708,7 @@ async fn presign(state: &AppState, key: &str) -> Result<String, ApiError> {
     responses(
         (status = 200, description = "Where the job stands", body = JobStatus),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No job with this id was accepted here", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 503, description = "The bucket is unreachable; see Retry-After", body = ErrorBody),
     )
@@ -601,31 +719,19 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let body = match status_of(&state, id).await? {
-        Status::Done { key, size } => {
-            let head = state
-                .s3
-                .head_object()
-                .bucket(&state.bucket)
-                .key(&key)
-                .send()
-                .await
-                .ok();
-            JobStatus::Done {
-                id,
-                image_url: presign(&state, &key).await?,
-                expires_in_seconds: state.presign_lifetime.as_secs(),
-                content_type: head
-                    .as_ref()
-                    .and_then(|h| h.content_type())
-                    .map(str::to_owned),
-                size_bytes: size,
-                render: head
-                    .and_then(|h| h.metadata)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            }
-        }
+        Status::Done {
+            key,
+            size,
+            content_type,
+            metadata,
+        } => JobStatus::Done {
+            id,
+            image_url: presign(&state, &key).await?,
+            expires_in_seconds: state.presign_lifetime.as_secs(),
+            content_type,
+            size_bytes: size,
+            render: metadata,
+        },
         Status::Failed(record) => JobStatus::Failed {
             id,
             reason: record.reason,
@@ -641,6 +747,8 @@ pub async fn status(
                 .ok(),
         },
         Status::Pending => JobStatus::Pending { id },
+        Status::Expired => JobStatus::Expired { id },
+        Status::Unknown => return Err(unknown_id()),
     };
     Ok(Json(body).into_response())
 }
@@ -656,8 +764,8 @@ pub async fn status(
             headers(("Location" = String))),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 404, description = "Not rendered yet; see Retry-After", body = ErrorBody),
-        (status = 410, description = "The job failed; the code is the failure reason", body = ErrorBody),
+        (status = 404, description = "Not rendered yet (code `pending`, see Retry-After), or no job with this id was accepted here (code `not_found`)", body = ErrorBody),
+        (status = 410, description = "The job failed (the code is the failure reason) or expired (code `expired`)", body = ErrorBody),
         (status = 503, description = "The bucket is unreachable; see Retry-After", body = ErrorBody),
     )
 )]
@@ -688,5 +796,11 @@ pub async fn image(
                 "the image is not ready yet",
             )
         }),
+        Status::Expired => Err(ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "the job is older than the queue keeps messages and has no result",
+        )),
+        Status::Unknown => Err(unknown_id()),
     }
 }

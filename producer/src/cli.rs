@@ -27,6 +27,16 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
+    /// Key of the tag in job ids, as the producers have it
+    /// (`URL2PNG_ID_SECRET`), so that the status API knows this job.
+    #[arg(
+        long,
+        env = "URL2PNG_ID_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub id_secret: String,
+
     #[arg(long, default_value_t = 1280)]
     pub width: u32,
 
@@ -89,7 +99,7 @@ impl SubmitArgs {
                 }
             },
         };
-        let job = JobMessage::new(
+        let mut job = JobMessage::new(
             self.url.clone(),
             RenderOptions {
                 width: self.width,
@@ -106,6 +116,11 @@ impl SubmitArgs {
             },
         );
         job.validate().map_err(|e| e.to_string())?;
+        job.id = url2png_core::id::mint(
+            self.id_secret.as_bytes(),
+            job.options.format,
+            std::time::SystemTime::now(),
+        );
         let policy = self.policy.policy()?;
         policy
             .check_url(&job.url)

@@ -114,6 +114,18 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_RETRY_AFTER_SECONDS", default_value_t = 2)]
     pub retry_after_seconds: u64,
 
+    /// Key of the tag in every job id (HMAC-SHA256), so that the status API
+    /// answers `404` for an id it never accepted. The same on every
+    /// producer and `submit`; empty, the tag still catches made-up and
+    /// mistyped ids but anyone can compute it (see `core::id`).
+    #[arg(
+        long,
+        env = "URL2PNG_ID_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub id_secret: String,
+
     /// After SIGTERM, how long to keep serving while `/healthz` and
     /// `/readyz` answer 503, so that a load balancer's health checks take
     /// the instance out before it stops accepting, in seconds. At least
@@ -238,8 +250,11 @@ impl Producer {
             Duration::from_millis(config.send_linger_ms),
             sender_metrics,
         );
+        let retention = queue_retention(&clients.sqs, &config.store.queue_url).await;
         let state = Arc::new(AppState {
             sender,
+            id_secret: config.id_secret.as_bytes().to_vec(),
+            retention,
             s3: clients.s3.clone(),
             bucket: config.store.bucket.clone(),
             layout: config.store.layout().map_err(anyhow::Error::msg)?,
@@ -442,5 +457,36 @@ struct InFlight<'a>(&'a IntGauge);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// SQS's default message retention, for a queue whose own cannot be read.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(4 * 24 * 3600);
+
+/// How long the queue keeps a message: a job older than that without a
+/// result will never get one.
+async fn queue_retention(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Duration {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let read = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+        .send();
+    let seconds = match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(out)) => out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MessageRetentionPeriod))
+            .and_then(|v| v.parse::<u64>().ok()),
+        _ => None,
+    };
+    match seconds {
+        Some(s) => Duration::from_secs(s),
+        None => {
+            tracing::warn!(
+                default_seconds = DEFAULT_RETENTION.as_secs(),
+                "could not read the queue's message retention; assuming SQS's default"
+            );
+            DEFAULT_RETENTION
+        }
     }
 }

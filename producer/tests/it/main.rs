@@ -440,6 +440,125 @@ async fn status_follows_what_the_worker_stores() {
     );
 }
 
+/// Lines of the emulator's request log.
+fn emulator_log(aws: &TestAws) -> Vec<String> {
+    let path = aws.moto.log_path().expect("the emulator's log");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn status_tells_unknown_expired_and_pending_apart_and_a_finished_poll_is_one_head() {
+    use std::time::SystemTime;
+    use url2png_core::id;
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &["--id-secret", "test-secret"]).await;
+    let addr = producer.addr;
+    let status_of =
+        |id: uuid::Uuid| async move { get_json(addr, &format!("/v1/screenshots/{id}")).await };
+
+    // Never accepted here: a random id, and one minted with another secret.
+    for unknown in [
+        uuid::Uuid::new_v4(),
+        id::mint(b"another", ImageFormat::Png, SystemTime::now()),
+    ] {
+        let (status, body) = status_of(unknown).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{body}"
+        );
+    }
+    // Accepted longer ago than the queue keeps messages (the emulator's
+    // default, 4 days), with no result.
+    let old = id::mint(
+        b"test-secret",
+        ImageFormat::Png,
+        SystemTime::now() - Duration::from_secs(5 * 24 * 3600),
+    );
+    let (status, body) = status_of(old).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("expired")));
+    let (status, _, body) = http(
+        producer.addr,
+        "GET",
+        &format!("/v1/screenshots/{old}/image"),
+        None,
+        b"",
+    )
+    .await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (410, Some("expired"))
+    );
+
+    // Accepted through the API: pending, then done with one HEAD a poll.
+    let (status, _, body) = post_json(
+        producer.addr,
+        "/v1/screenshots",
+        &json!({"url": "https://example.com/", "format": "jpeg"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let accepted: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    assert!(id::verify(b"test-secret", accepted).is_some());
+    let (status, body) = status_of(accepted).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("pending")));
+    let layout = KeyLayout::default();
+    aws.clients
+        .s3
+        .put_object()
+        .bucket(&aws.bucket)
+        .key(layout.image(accepted, ImageFormat::Jpeg))
+        .content_type("image/jpeg")
+        .metadata("width", "1280")
+        .body(ByteStream::from_static(b"\xff\xd8 fake"))
+        .send()
+        .await
+        .unwrap();
+    let before = emulator_log(&aws).len();
+    let (status, body) = status_of(accepted).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("done")),
+        "{body}"
+    );
+    assert_eq!(body["render"]["width"], "1280");
+    assert_eq!(body["content_type"], "image/jpeg");
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        calls = emulator_log(&aws)[before..].to_vec();
+        if calls.iter().any(|l| l.contains("\"HEAD /")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s3_calls: Vec<&String> = calls.iter().filter(|l| l.contains(&aws.bucket)).collect();
+    assert_eq!(s3_calls.len(), 1, "{s3_calls:?}");
+    assert!(s3_calls[0].contains("\"HEAD /"), "{s3_calls:?}");
+
+    // An id sent straight to the queue by someone else is found by a LIST.
+    let foreign = uuid::Uuid::new_v4();
+    aws.clients
+        .s3
+        .put_object()
+        .bucket(&aws.bucket)
+        .key(layout.image(foreign, ImageFormat::Png))
+        .body(ByteStream::from_static(b"\x89PNG fake"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_of(foreign).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("done")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn a_batch_accepts_and_refuses_each_job_on_its_own() {
     let aws = TestAws::start().await;
@@ -742,10 +861,12 @@ async fn clients_over_their_rate_get_429() {
             "GET /v1/screenshots/6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 1.2.3.4, {client}\r\n\r\n"
         )
     };
+    // The id was never accepted: a 404 is the handler's answer, past the
+    // limiter.
     for _ in 0..3 {
         assert_eq!(
             http_with(producer.addr, &request("203.0.113.7")).await.0,
-            200
+            404
         );
     }
     let (status, text) = http_with(producer.addr, &request("203.0.113.7")).await;
@@ -753,7 +874,7 @@ async fn clients_over_their_rate_get_429() {
     assert!(text.to_ascii_lowercase().contains("retry-after:"));
     assert_eq!(
         http_with(producer.addr, &request("203.0.113.8")).await.0,
-        200,
+        404,
         "another client"
     );
 }
