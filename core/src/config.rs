@@ -57,6 +57,23 @@ pub struct StoreArgs {
     pub key_prefix: String,
 }
 
+/// How job ids are minted and checked (`crate::id`): the producer and
+/// `submit` alike.
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    /// Key of the HMAC tag in every job id, so that the status API answers
+    /// `404` for an id it never accepted. The same on every producer and
+    /// `submit`; empty, the tag still catches made-up and mistyped ids but
+    /// anyone can compute it.
+    #[arg(
+        long,
+        env = "URL2PNG_ID_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub id_secret: String,
+}
+
 impl StoreArgs {
     /// The key layout, or what is wrong with the settings.
     pub fn layout(&self) -> Result<crate::keys::KeyLayout, String> {

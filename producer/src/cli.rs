@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use url2png_core::aws::Clients;
-use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs};
+use url2png_core::config::{CommonArgs, IdArgs, PolicyArgs, StoreArgs};
 use url2png_core::job::{ImageFormat, JobMessage, RenderOptions, WaitFor};
 use url2png_core::keys::FailureRecord;
 
@@ -27,15 +27,8 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// Key of the tag in job ids, as the producers have it
-    /// (`URL2PNG_ID_SECRET`), so that the status API knows this job.
-    #[arg(
-        long,
-        env = "URL2PNG_ID_SECRET",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub id_secret: String,
+    #[command(flatten)]
+    pub ids: IdArgs,
 
     #[arg(long, default_value_t = 1280)]
     pub width: u32,
@@ -117,7 +110,7 @@ impl SubmitArgs {
         );
         job.validate().map_err(|e| e.to_string())?;
         job.id = url2png_core::id::mint(
-            self.id_secret.as_bytes(),
+            self.ids.id_secret.as_bytes(),
             job.options.format,
             std::time::SystemTime::now(),
         );

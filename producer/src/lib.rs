@@ -33,7 +33,7 @@ use clap::Parser;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 use url2png_core::aws::Clients;
-use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs, parse_addr};
+use url2png_core::config::{CommonArgs, IdArgs, PolicyArgs, StoreArgs, parse_addr};
 
 use crate::api::AppState;
 use crate::sender::{Sender, SenderMetrics};
@@ -114,17 +114,8 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_RETRY_AFTER_SECONDS", default_value_t = 2)]
     pub retry_after_seconds: u64,
 
-    /// Key of the tag in every job id (HMAC-SHA256), so that the status API
-    /// answers `404` for an id it never accepted. The same on every
-    /// producer and `submit`; empty, the tag still catches made-up and
-    /// mistyped ids but anyone can compute it (see `core::id`).
-    #[arg(
-        long,
-        env = "URL2PNG_ID_SECRET",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub id_secret: String,
+    #[command(flatten)]
+    pub ids: IdArgs,
 
     /// After SIGTERM, how long to keep serving while `/healthz` and
     /// `/readyz` answer 503, so that a load balancer's health checks take
@@ -253,7 +244,7 @@ impl Producer {
         let retention = queue_retention(&clients.sqs, &config.store.queue_url).await;
         let state = Arc::new(AppState {
             sender,
-            id_secret: config.id_secret.as_bytes().to_vec(),
+            id_secret: config.ids.id_secret.as_bytes().to_vec(),
             retention,
             s3: clients.s3.clone(),
             bucket: config.store.bucket.clone(),
