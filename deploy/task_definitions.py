@@ -12,6 +12,12 @@ the local emulator.
                                   create the stack in CloudFormation at
                                   ENDPOINT (a VPC and subnets made there)
                                   and check what it made
+  task_definitions.py --bounds BIN_DIR
+                                  run each binary's --check-config on
+                                  every task definition the template makes
+                                  at its defaults and with each parameter
+                                  at its bounds; fail on a number the
+                                  template leaves unbounded
 
 In the files, parameters of the template appear with their defaults, and
 what the stack creates appears as a placeholder, `${JobQueueUrl}` for
@@ -19,7 +25,9 @@ instance: fill them (envsubst, sed) before `aws ecs register-task-definition
 --cli-input-json file://…`.
 """
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 from cfnlint.decode import decode_str
@@ -48,10 +56,13 @@ PLACEHOLDERS = {
 DATA_KEYS = {"options"}
 
 
-def resolve(value, params):
+def resolve(value, params, overrides=None):
+    overrides = overrides or {}
     if isinstance(value, dict) and len(value) == 1:
         (fn, arg), = value.items()
         if fn == "Ref":
+            if arg in overrides:
+                return str(overrides[arg])
             if arg in params:
                 if "Default" not in params[arg]:
                     return "${" + arg + "}"
@@ -63,10 +74,79 @@ def resolve(value, params):
         if fn.startswith("Fn::"):
             raise SystemExit(f"{fn} is not supported in task definitions")
     if isinstance(value, dict):
-        return {k: resolve(v, params) for k, v in value.items()}
+        return {k: resolve(v, params, overrides) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v, params) for v in value]
+        return [resolve(v, params, overrides) for v in value]
     return value
+
+
+def refs(value):
+    """The names a value refers to with `Ref`."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "Ref" in value:
+            return {value["Ref"]}
+        return set().union(*(refs(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(refs(v) for v in value)) if value else set()
+    return set()
+
+
+def bound_cases(params, names):
+    """The defaults; each parameter at each of its bounds (or allowed
+    values), the others at their defaults; every number at its minimum, and
+    at its maximum; and each at one end with all the others at the other
+    (which is where two settings the binary checks against each other
+    meet: a heartbeat at its largest with the shortest visibility)."""
+    yield "defaults", {}
+    numbers = sorted(n for n in names if "MinValue" in params[n] and "MaxValue" in params[n])
+    for name in sorted(names):
+        spec = params[name]
+        for key in ("MinValue", "MaxValue"):
+            if key in spec:
+                yield f"{name}={spec[key]} ({key})", {name: spec[key]}
+        for allowed in spec.get("AllowedValues", []):
+            yield f"{name}={allowed}", {name: allowed}
+    lows = {n: params[n]["MinValue"] for n in numbers}
+    highs = {n: params[n]["MaxValue"] for n in numbers}
+    yield "every number at its minimum", lows
+    yield "every number at its maximum", highs
+    for name in numbers:
+        yield f"{name} at its maximum, the others at their minimum", {**lows, name: highs[name]}
+        yield f"{name} at its minimum, the others at their maximum", {**highs, name: lows[name]}
+
+
+def check_bounds(bin_dir):
+    template, matches = decode_str(TEMPLATE.read_text())
+    if matches:
+        raise SystemExit(f"cannot read {TEMPLATE}: {matches}")
+    params = template.get("Parameters", {})
+    problems = []
+    cases = 0
+    for logical, name in TASKS.items():
+        properties = template["Resources"][logical]["Properties"]
+        used = {n for n in refs(properties) if n in params}
+        unbounded = sorted(
+            n for n in used
+            if params[n].get("Type") == "Number" and "AllowedValues" not in params[n]
+            and not ("MinValue" in params[n] and "MaxValue" in params[n])
+        )
+        problems += [f"{name}: parameter {n} has no MinValue and MaxValue" for n in unbounded]
+        binary = pathlib.Path(bin_dir) / f"url2png-{name}"
+        for case, overrides in bound_cases(params, used):
+            task = json.loads(fill(json.dumps(as_api(resolve(properties, params, overrides)))))
+            for container in task["containerDefinitions"]:
+                env = {p["name"]: p["value"] for p in container.get("environment", [])}
+                # What ECS and the image provide besides the task's own.
+                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AWS_REGION": "us-east-1", **env}
+                run = subprocess.run([str(binary), "--check-config"], env=env,
+                                     capture_output=True, text=True)
+                cases += 1
+                if run.returncode != 0:
+                    problems.append(f"{name} with {case}: {(run.stderr or run.stdout).strip()}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{cases} task definitions checked by their binaries; {len(problems)} refused or unbounded")
+    return 1 if problems else 0
 
 
 def camel(value, data=False):
@@ -150,6 +230,8 @@ def main(argv):
         return 0
     if mode == "--stack":
         return create_stack(argv[2])
+    if mode == "--bounds":
+        return check_bounds(argv[2])
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -21,6 +21,28 @@ pub struct CommonArgs {
     /// one. Long polls add their wait, uploads a second per MiB.
     #[arg(long, env = "URL2PNG_AWS_TIMEOUT_SECONDS", default_value_t = 10)]
     pub aws_timeout_seconds: u64,
+
+    /// Check the settings and exit, without calling AWS or starting
+    /// anything: 0 when the binary would start with them, 2 and the reason
+    /// otherwise (deploy/task_definitions.py runs it on every task
+    /// definition the template can make).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The end of `--check-config`: the verdict on stdout or stderr, and the
+/// exit code.
+pub fn exit_after_check(verdict: Result<(), String>) -> ! {
+    match verdict {
+        Ok(()) => {
+            println!("configuration ok");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("configuration refused: {e}");
+            std::process::exit(2)
+        }
+    }
 }
 
 impl CommonArgs {

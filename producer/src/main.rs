@@ -17,6 +17,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         return url2png_producer::cli::submit(args).await;
     }
     let config = url2png_producer::Config::parse();
+    if config.common.check_config {
+        url2png_core::config::exit_after_check(config.validate());
+    }
     url2png_core::telemetry::init_tracing(config.common.log_format)?;
     let shutdown = url2png_core::shutdown::on_signals()?;
     url2png_producer::run(config, shutdown).await?;

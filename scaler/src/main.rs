@@ -11,6 +11,9 @@ use url2png_scaler::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.config.common.check_config {
+        url2png_core::config::exit_after_check(cli.config.settings().map(|_| ()));
+    }
     if let Some(Command::Simulate(args)) = &cli.command {
         return url2png_scaler::simulate(args);
     }

@@ -8,6 +8,9 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = url2png_worker::Config::parse();
+    if config.common.check_config {
+        url2png_core::config::exit_after_check(config.validate());
+    }
     url2png_core::telemetry::init_tracing(config.common.log_format)?;
     let shutdown = url2png_core::shutdown::on_signals()?;
     url2png_worker::run(config, shutdown).await
