@@ -52,28 +52,31 @@ impl fmt::Display for LogFormat {
 }
 
 /// Install the global tracing subscriber. The filter comes from `RUST_LOG`
-/// (default `info`, with chromiumoxide's protocol chatter at `error`). Fails if a subscriber is already installed.
+/// (default `info`). Fails if a subscriber is already installed.
 pub fn init_tracing(format: LogFormat) -> Result<(), tracing_subscriber::util::TryInitError> {
-    // chromiumoxide warns about every CDP message newer than its protocol
-    // types; those are noise unless asked for.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,chromiumoxide::handler=error,chromiumoxide::conn=error")
-    });
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init(),
     }
+}
+
+/// The JSON lines: one object per event with `timestamp`, `level`,
+/// `target`, `message` and the event's fields at the top level, and the
+/// current span (`span`, with its fields) and its parents (`spans`).
+fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_writer(writer)
 }
 
 /// A new registry for one process, with the process collector (CPU,
@@ -114,6 +117,55 @@ pub async fn metrics_handler(State(registry): State<Registry>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer into a shared buffer, for reading what a layer wrote.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_json_log_line_is_one_object_with_the_event_and_its_span() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("job", job_id = "6f0c3c53", receive_count = 2);
+            let _entered = span.enter();
+            tracing::warn!(
+                reason = "timeout: navigation",
+                retry_in_secs = 5,
+                "job failed; will retry"
+            );
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["message"], "job failed; will retry");
+        assert_eq!(line["reason"], "timeout: navigation");
+        assert_eq!(line["retry_in_secs"], 5);
+        assert_eq!(line["span"]["name"], "job");
+        assert_eq!(line["span"]["job_id"], "6f0c3c53");
+        assert_eq!(line["span"]["receive_count"], 2);
+        assert!(
+            line["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("url2png_core"))
+        );
+        let timestamp = line["timestamp"].as_str().unwrap();
+        time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{timestamp}: {e}"));
+    }
 
     #[test]
     fn log_format_parses() {

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build -q --release -p url2png-scaler
-printf '| jobs/s | tasks (mean) | tasks (peak) | latency p50 / p99 (s) | Fargate $ per million jobs | S3 + SQS $ per million jobs | total $ per million jobs |\n'
+printf '| jobs/s | tasks billed (mean over the run) | tasks running (largest minute) | latency p50 / p99 (s) | Fargate $ per million jobs | S3 + SQS $ per million jobs | total $ per million jobs |\n'
 printf '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for rate in 100 1000 10000; do
   seconds=3600
@@ -26,7 +26,10 @@ for rate in 100 1000 10000; do
     --scale-out-cooldown-seconds 60 --scale-in-cooldown-seconds 300 --seed 1)
   summary=$(printf '%s\n' "$out" | tail -3)
   peak=$(printf '%s\n' "$out" | awk '$1 ~ /^[0-9]+$/ && NF >= 6 { if ($5 > m) m = $5 } END { print m }')
-  printf '%s\n' "$summary" | awk -v r="$rate" -v peak="$peak" -v minutes="$((seconds / 60))" '
+  # Billed task-minutes over the whole run (the load and the drain after
+  # it), so the mean is of the same span the peak is taken from.
+  drained=$(printf '%s\n' "$summary" | awk '/^jobs/ { for (i = 1; i <= NF; i++) if ($i == "drained") print $(i + 1) }')
+  printf '%s\n' "$summary" | awk -v r="$rate" -v peak="$peak" -v minutes="$(awk -v s="$seconds" -v d="${drained:-0}" 'BEGIN { print (s + d) / 60 }')" '
     /^jobs/ { jobs = $2; sub(";", "", jobs); p50 = $5; p99 = $8 }
     /^task-minutes/ { tm = $2; sub(";", "", tm) }
     END {
