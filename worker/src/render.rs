@@ -511,11 +511,13 @@ impl Tab {
     /// Resolve once an element matches `selector`, watching DOM mutations
     /// rather than polling. An invalid selector fails at once.
     async fn wait_for_selector(&self, selector: &str) -> Result<(), RenderError> {
-        const SCRIPT: &str = r#"(sel) => new Promise((resolve, reject) => {
-            try { if (document.querySelector(sel)) return resolve(true); }
-            catch (e) { return reject(new Error("invalid selector")); }
+        // Resolves to "found", or to "invalid" when the selector is not
+        // CSS (querySelector throws): a value to match, not a message.
+        const SCRIPT: &str = r#"(sel) => new Promise((resolve) => {
+            try { if (document.querySelector(sel)) return resolve("found"); }
+            catch (e) { return resolve("invalid"); }
             const obs = new MutationObserver(() => {
-                if (document.querySelector(sel)) { obs.disconnect(); resolve(true); }
+                if (document.querySelector(sel)) { obs.disconnect(); resolve("found"); }
             });
             obs.observe(document, { childList: true, subtree: true, attributes: true });
         })"#;
@@ -536,12 +538,16 @@ impl Tab {
                 .exception
                 .and_then(|e| e.description)
                 .unwrap_or(exception.text);
-            if text.contains("invalid selector") {
-                return Err(RenderError::InvalidSelector(selector.to_owned()));
-            }
             return Err(RenderError::Cdp("Runtime.evaluate", text));
         }
-        Ok(())
+        match result.result.value.as_ref().and_then(|v| v.as_str()) {
+            Some("found") => Ok(()),
+            Some("invalid") => Err(RenderError::InvalidSelector(selector.to_owned())),
+            other => Err(RenderError::Cdp(
+                "Runtime.evaluate",
+                format!("the selector wait answered {other:?}"),
+            )),
+        }
     }
 
     async fn capture(&self, options: &RenderOptions) -> Result<Rendered, RenderError> {
