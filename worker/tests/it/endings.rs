@@ -286,3 +286,91 @@ async fn a_browser_that_dies_on_the_last_attempt_records_browser_crashed() {
     assert_eq!(record.attempts, 1);
     worker.stop().await;
 }
+
+/// An HTTPS site on 127.0.0.1 with a self-signed certificate, answering
+/// every request with a small page; its port.
+async fn self_signed_site() -> u16 {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "<!doctype html><body style=\"background:#0a0\">self-signed</body>";
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_certificate_is_a_tls_error_unless_the_operator_accepts_it() {
+    let aws = TestAws::start_with(TestAwsOptions {
+        max_receive_count: 1,
+        ..TestAwsOptions::default()
+    })
+    .await;
+    let port = self_signed_site().await;
+    let url = format!("https://127.0.0.1:{port}/");
+
+    let strict = start_worker(&aws, &[]).await;
+    let refused = JobMessage::new(url.clone(), with_timeout(10_000));
+    send_jobs(&aws, std::slice::from_ref(&refused)).await;
+    let record = record_of(&aws, &refused).await;
+    assert_eq!(record.reason, FailureReason::TlsError, "{record:?}");
+    assert!(
+        record
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("ERR_CERT_"),
+        "{record:?}"
+    );
+    strict.stop().await;
+
+    // A queue of its own: a long poll the stopped worker left open at the
+    // emulator could still take the next message.
+    let aws = TestAws::start().await;
+    let lenient = start_worker(&aws, &["--accept-invalid-certs", "true"]).await;
+    let accepted = JobMessage::new(url, with_timeout(10_000));
+    send_jobs(&aws, std::slice::from_ref(&accepted)).await;
+    let image = KeyLayout::default().image(accepted.id, ImageFormat::Png);
+    wait_for("the image", Duration::from_secs(60), || async {
+        keys(&aws).await.contains(&image).then_some(())
+    })
+    .await;
+    assert_eq!(top_left_pixel(&get(&aws, &image).await), [0, 170, 0]);
+    lenient.stop().await;
+}
