@@ -154,6 +154,8 @@ pub struct UrlPolicy {
     deny: Vec<Rule>,
     /// When set, only these ports.
     ports: Option<Vec<u16>>,
+    /// Names answered from this table instead of the system resolver.
+    hosts: Vec<(String, Vec<IpAddr>)>,
 }
 
 /// A host and port that passed the checks that need no DNS.
@@ -181,7 +183,23 @@ impl UrlPolicy {
             allow: rules(allow).map_err(|e| format!("allow list: {e}"))?,
             deny: rules(deny).map_err(|e| format!("deny list: {e}"))?,
             ports: (!ports.is_empty()).then_some(ports),
+            hosts: Vec::new(),
         })
+    }
+
+    /// Answer these names from a fixed table, as `/etc/hosts` would, before
+    /// asking the system resolver. Their addresses are checked like any
+    /// other answer; this is how a name with several addresses, some
+    /// refused, is produced where no resolver can be configured.
+    pub fn with_hosts<'a>(
+        mut self,
+        hosts: impl IntoIterator<Item = (&'a str, Vec<IpAddr>)>,
+    ) -> Self {
+        self.hosts = hosts
+            .into_iter()
+            .map(|(name, addrs)| (normalise_name(name), addrs))
+            .collect();
+        self
     }
 
     /// Check everything about `raw` that needs no DNS: scheme, port, host
@@ -289,7 +307,17 @@ impl UrlPolicy {
             // Literals were checked by check_url / check_authority.
             return Ok(vec![SocketAddr::new(ip, target.port)]);
         }
-        let addrs = lookup(&target.host, target.port).await?;
+        let fixed = self
+            .hosts
+            .iter()
+            .find(|(name, _)| *name == normalise_name(&target.host));
+        let addrs = match fixed {
+            Some((_, ips)) => ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, target.port))
+                .collect(),
+            None => lookup(&target.host, target.port).await?,
+        };
         if !target.host_allowed {
             for addr in &addrs {
                 self.check_ip(&target.host, addr.ip())?;
@@ -781,5 +809,25 @@ mod tests {
         let loopback = UrlPolicy::new("127.0.0.0/8, ::1", "", "").unwrap();
         let addrs = loopback.resolve(&target).await.unwrap();
         assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[tokio::test]
+    async fn a_name_with_an_allowed_and_a_refused_address_is_refused_whole() {
+        let allowed = IpAddr::from([127, 0, 0, 1]);
+        let refused = IpAddr::from([169, 254, 169, 254]);
+        let policy = UrlPolicy::new("127.0.0.1/32", "", "").unwrap().with_hosts([
+            ("mixed.test", vec![allowed, refused]),
+            ("Single.Test.", vec![allowed]),
+        ]);
+        let target = |host: &str| Target {
+            host: host.into(),
+            port: 80,
+            host_allowed: false,
+        };
+        let e = policy.resolve(&target("mixed.test")).await.unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        assert_eq!(e.refused(), Some(refused.to_string()));
+        let addrs = policy.resolve(&target("single.test")).await.unwrap();
+        assert_eq!(addrs, [SocketAddr::new(allowed, 80)]);
     }
 }

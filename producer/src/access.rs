@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::ApiError;
+use crate::sender::Handoff;
 
 /// Access settings, shared by the middleware.
 #[derive(Debug)]
@@ -154,14 +155,28 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
         }
         .into_response();
     }
-    match tokio::time::timeout(access.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("the request took over {:?}", access.timeout),
-        )
-        .into_response(),
+    // The handoff lets the timeout give up only on a request none of whose
+    // jobs is on the wire: a 504 never leaves a job queued behind it.
+    let handoff = Handoff::default();
+    let mut request = request;
+    request.extensions_mut().insert(handoff.clone());
+    let run = next.run(request);
+    tokio::pin!(run);
+    tokio::select! {
+        response = &mut run => response,
+        () = tokio::time::sleep(access.timeout) => {
+            if handoff.expire() {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!("the request took over {:?}; nothing was queued", access.timeout),
+                )
+                .into_response()
+            } else {
+                // A job is on the wire: SQS's answer, not the clock, decides.
+                run.await
+            }
+        }
     }
 }
 

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{Value, json};
 use url2png_core::job::{ContractError, ErrorCode, JobMessage, RenderOptions};
@@ -24,7 +24,7 @@ use url2png_core::policy::UrlPolicy;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::sender::Sender;
+use crate::sender::{Handoff, SendError, Sender};
 
 /// Most jobs in one batch request.
 pub const MAX_BATCH: usize = 100;
@@ -384,16 +384,31 @@ fn parse_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     })
 }
 
-fn send_failed(state: &AppState, e: &crate::sender::SendError) -> ApiError {
-    tracing::warn!(error = %e, "could not enqueue");
+fn send_failed(state: &AppState, job: &JobMessage, e: &SendError) -> ApiError {
+    tracing::warn!(job_id = %job.id, error = %e, "could not enqueue");
+    let (code, message) = match e {
+        SendError::NotSent(_) => (
+            "queue_unavailable",
+            "the job queue is not reachable; try again later".to_owned(),
+        ),
+        SendError::Unconfirmed(_) => (
+            "queue_unconfirmed",
+            format!(
+                "the job queue did not confirm job {}; it may still run, so poll {} before submitting again",
+                job.id,
+                accepted(state, job).status_url
+            ),
+        ),
+    };
     ApiError {
         retry_after: Some(state.retry_after_secs),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_unavailable",
-            "the job queue is not reachable; try again later",
-        )
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
+}
+
+/// The request's handoff (set by the access guard), or a fresh one.
+fn handoff_of(handoff: Option<Extension<Handoff>>) -> Handoff {
+    handoff.map(|Extension(h)| h).unwrap_or_default()
 }
 
 /// Submit one screenshot job.
@@ -414,20 +429,22 @@ fn send_failed(state: &AppState, e: &crate::sender::SendError) -> ApiError {
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "A field is out of bounds or the URL is refused", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The queue is unreachable; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The queue is unreachable (code `queue_unavailable`: not queued), or did not confirm the job (code `queue_unconfirmed`: it may still run; the message names its status URL); see Retry-After", body = ErrorBody),
+        (status = 504, description = "The request took longer than the request timeout before its job was sent; nothing was queued", body = ErrorBody),
     )
 )]
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    handoff: Option<Extension<Handoff>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let job = job_from_value(parse_body(&headers, body)?, &state.policy, &state.id_secret)?;
     state
         .sender
-        .send(job.clone())
+        .send(job.clone(), &handoff_of(handoff))
         .await
-        .map_err(|e| send_failed(&state, &e))?;
+        .map_err(|e| send_failed(&state, &job, &e))?;
     tracing::info!(job_id = %job.id, "job accepted");
     let accepted = accepted(&state, &job);
     let mut response = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
@@ -454,13 +471,16 @@ pub async fn submit(
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "No job was queued, or `jobs` is not 1..=100 items", body = BatchResponse),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 504, description = "The request took longer than the request timeout before any of its jobs was sent; nothing was queued", body = ErrorBody),
     )
 )]
 pub async fn submit_batch(
     State(state): State<Arc<AppState>>,
+    handoff: Option<Extension<Handoff>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let handoff = handoff_of(handoff);
     let jobs = match parse_body(&headers, body)? {
         Value::Array(jobs) => jobs,
         Value::Object(mut o) => match o.remove("jobs") {
@@ -496,14 +516,15 @@ pub async fn submit_batch(
     }
     let sends = jobs.into_iter().map(|value| {
         let state = state.clone();
+        let handoff = handoff.clone();
         async move {
             let job = match job_from_value(value, &state.policy, &state.id_secret) {
                 Ok(job) => job,
                 Err(e) => return BatchItem::refused(&e),
             };
-            match state.sender.send(job.clone()).await {
+            match state.sender.send(job.clone(), &handoff).await {
                 Ok(()) => BatchItem::accepted(accepted(&state, &job)),
-                Err(e) => BatchItem::refused(&send_failed(&state, &e)),
+                Err(e) => BatchItem::refused(&send_failed(&state, &job, &e)),
             }
         }
     });

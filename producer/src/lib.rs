@@ -68,7 +68,8 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_SEND_BATCH_MAX", default_value_t = 10)]
     pub send_batch_max: usize,
 
-    /// How long the first job of a batch waits for others, in milliseconds.
+    /// How long the first job of a batch waits for others, in milliseconds
+    /// (0..=1000, and shorter than the request timeout).
     #[arg(long, env = "URL2PNG_SEND_LINGER_MS", default_value_t = 5)]
     pub send_linger_ms: u64,
 
@@ -106,7 +107,9 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
 
-    /// Longest time an API request may take, in seconds.
+    /// Longest time an API request may take, in seconds (1..=3600). A
+    /// submit past it before its job was sent gets 504 and queues nothing;
+    /// one whose job is on the wire waits for SQS's answer.
     #[arg(long, env = "URL2PNG_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
 
@@ -150,6 +153,24 @@ impl Config {
             return Err(format!(
                 "URL2PNG_PRESIGN_SECONDS={} is outside 1..=604800",
                 self.presign_seconds
+            ));
+        }
+        if self.send_linger_ms > 1000 {
+            return Err(format!(
+                "URL2PNG_SEND_LINGER_MS={} is over 1000",
+                self.send_linger_ms
+            ));
+        }
+        if self.request_timeout_seconds == 0 || self.request_timeout_seconds > 3600 {
+            return Err(format!(
+                "URL2PNG_REQUEST_TIMEOUT_SECONDS={} is outside 1..=3600",
+                self.request_timeout_seconds
+            ));
+        }
+        if self.send_linger_ms >= self.request_timeout_seconds * 1000 {
+            return Err(format!(
+                "URL2PNG_SEND_LINGER_MS={} must be shorter than URL2PNG_REQUEST_TIMEOUT_SECONDS={}: every submit would time out waiting for its batch",
+                self.send_linger_ms, self.request_timeout_seconds
             ));
         }
         if self.body_limit_bytes < 1024 {

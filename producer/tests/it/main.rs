@@ -12,6 +12,8 @@ use url2png_core::{FailureReason, FailureRecord, ImageFormat, JobMessage, KeyLay
 use url2png_producer::{Config, Producer};
 use url2png_testkit::TestAws;
 
+mod handoff;
+
 struct Running {
     addr: SocketAddr,
     registry: prometheus::Registry,

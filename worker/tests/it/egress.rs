@@ -214,6 +214,55 @@ async fn the_proxy_alone_refuses_every_form_of_a_refused_address() {
     assert!(hit.headers.get("proxy-connection").is_none());
 }
 
+#[tokio::test]
+async fn a_name_that_resolves_to_an_allowed_and_a_refused_address_is_refused_by_the_proxy() {
+    use url2png_worker::egress::{Egress, Scope};
+    let allowed = Fixtures::start().await;
+    let recorder = Fixtures::start_on(IpAddr::from([127, 0, 0, 2])).await;
+    let port = allowed.addr().port();
+    let policy = url2png_core::policy::UrlPolicy::new("127.0.0.1/32", "", "")
+        .unwrap()
+        .with_hosts([
+            (
+                "mixed.test",
+                vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])],
+            ),
+            ("single.test", vec![IpAddr::from([127, 0, 0, 1])]),
+        ]);
+    let egress = Egress::new(policy, url2png_worker::metrics::Metrics::unregistered());
+    let proxy = egress.proxy(Scope::Job).await.unwrap();
+
+    let ok = through_proxy(
+        &proxy.url(),
+        &format!("GET http://single.test:{port}/ok HTTP/1.1\r\nHost: single.test\r\n\r\n"),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(allowed.hits_on("/ok"), 1, "the table's address was used");
+
+    let rport = recorder.addr().port();
+    for request in [
+        format!("GET http://mixed.test:{port}/mixed HTTP/1.1\r\nHost: mixed.test\r\n\r\n"),
+        format!("GET http://mixed.test:{rport}/mixed HTTP/1.1\r\nHost: mixed.test\r\n\r\n"),
+        format!("CONNECT mixed.test:{port} HTTP/1.1\r\nHost: mixed.test:{port}\r\n\r\n"),
+    ] {
+        let reply = through_proxy(&proxy.url(), &request).await;
+        assert!(reply.starts_with("HTTP/1.1 403"), "{request:?} -> {reply}");
+        let blocked = reply
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-url2png-blocked:")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        assert!(blocked.contains("127.0.0.2"), "{reply}");
+    }
+    // Neither of the name's addresses was connected to.
+    assert_eq!(allowed.hits_on("/mixed"), 0);
+    assert_eq!(recorder.hits().len(), 0);
+}
+
 /// Read one response (head and a `Content-Length` body) from `stream`.
 async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
