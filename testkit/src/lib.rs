@@ -6,24 +6,32 @@
 //! - [`fixtures`]: a web server for fixture pages that can delay, redirect,
 //!   fail and record what it was asked ([`Fixtures`]);
 //! - [`proxy`]: a loopback TCP proxy to break on demand ([`FaultProxy`]);
-//! - [`sqs_proxy`]: an HTTP proxy that delays, swallows or spoils chosen
-//!   SQS calls ([`SqsProxy`]);
+//! - [`aws_proxy`]: an HTTP proxy that delays, swallows or spoils chosen
+//!   SQS calls and fails chosen S3 writes ([`AwsProxy`]);
 //! - [`ledger`]: what became of a fault scenario's jobs ([`Ledger`]);
 //! - [`load`]: a loopback HTTP load generator, bounded in time;
-//! - [`metrics`]: a process's Prometheus metrics, scraped over HTTP.
+//! - [`metrics`]: a process's Prometheus metrics, scraped over HTTP or read
+//!   from its registry;
+//! - [`http`]: a minimal HTTP/1.1 client that shows exactly what came back;
+//! - [`process`]: the binaries under test started against the emulator;
+//! - [`wait`]: waiting for a condition ([`wait_for`]).
 
+pub mod aws_proxy;
 pub mod chromium;
 pub mod fixtures;
+pub mod http;
 pub mod ledger;
 pub mod load;
 pub mod metrics;
 pub mod moto;
+pub mod process;
 pub mod proxy;
-pub mod sqs_proxy;
+pub mod wait;
 
+pub use aws_proxy::AwsProxy;
 pub use chromium::TestBrowser;
 pub use fixtures::{Fixtures, Hit, Page};
 pub use ledger::{Ledger, Tracked};
 pub use moto::{Moto, TestAws, TestAwsOptions, TestQueue};
 pub use proxy::FaultProxy;
-pub use sqs_proxy::SqsProxy;
+pub use wait::wait_for;

@@ -1,5 +1,5 @@
-//! Reading a process's Prometheus exposition over plain HTTP, as a scraper
-//! would.
+//! Reading a process's Prometheus metrics: its exposition over plain HTTP,
+//! as a scraper would, or its registry in process.
 
 use std::net::SocketAddr;
 
@@ -51,9 +51,29 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The sum over every counter or gauge series of `name` in `registry`
+/// whose labels include all of `labels` (0 when there is none): the same
+/// reading as [`metric`], in process.
+pub fn registered(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().to_vec())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::metric;
+    use super::{metric, registered};
 
     #[test]
     fn sums_matching_series() {
@@ -63,5 +83,34 @@ mod tests {
         assert_eq!(metric(text, "x_total", &[("b", "3")]), 4.0);
         assert_eq!(metric(text, "y", &[]), 1.5);
         assert_eq!(metric(text, "z", &[]), 0.0);
+    }
+
+    #[test]
+    fn reads_counters_and_gauges_from_a_registry() {
+        let registry = prometheus::Registry::new();
+        let calls = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("calls_total", "calls"),
+            &["op", "result"],
+        )
+        .unwrap();
+        let held = prometheus::IntGauge::new("held", "held").unwrap();
+        registry.register(Box::new(calls.clone())).unwrap();
+        registry.register(Box::new(held.clone())).unwrap();
+        calls.with_label_values(&["send", "ok"]).inc_by(2);
+        calls.with_label_values(&["send", "error"]).inc();
+        calls.with_label_values(&["get", "ok"]).inc();
+        held.set(5);
+        assert_eq!(registered(&registry, "calls_total", &[("op", "send")]), 3.0);
+        assert_eq!(
+            registered(
+                &registry,
+                "calls_total",
+                &[("op", "send"), ("result", "ok")]
+            ),
+            2.0
+        );
+        assert_eq!(registered(&registry, "calls_total", &[]), 4.0);
+        assert_eq!(registered(&registry, "held", &[]), 5.0);
+        assert_eq!(registered(&registry, "nothing", &[]), 0.0);
     }
 }

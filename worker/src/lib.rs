@@ -259,14 +259,24 @@ impl Worker {
             "worker started"
         );
 
-        receiver.clone().run(shutdown.clone()).await;
-        drop(receiver);
+        let receiving = receiver.clone().spawn(shutdown.clone());
+        shutdown.cancelled().await;
 
-        // Stopped receiving: drain.
-        jobs.close();
+        // Drain: the grace period runs from the signal. The pollers end
+        // once their last long poll is in and handed back (at most the wait
+        // time), while the jobs in flight go on.
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(in_flight = jobs.len(), ?grace, "draining");
-        if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, receiving).await.is_err() {
+            tracing::warn!("grace period over with a receive still out");
+        }
+        drop(receiver);
+        jobs.close();
+        if tokio::time::timeout_at(deadline, jobs.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 left = jobs.len(),
                 "grace period over; handing unfinished messages back"

@@ -12,6 +12,9 @@
 //! once. There are `prefetch` slots beyond the concurrency: the jobs in
 //! them wait for a page, so pages stay busy while a receive is out, and a
 //! gathering poller receives early once a page has no waiting job left.
+//!
+//! At shutdown a poller waits for the long poll it has out (SQS may be
+//! filling it) and hands what it brings straight back, visible at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -92,18 +95,24 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Run `pollers` pollers until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Start `pollers` pollers, which run until `shutdown`; the task ends
+    /// when the last has stopped. They count as running from this call on,
+    /// so health never reads a worker that is starting as stopped.
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let pollers: Vec<_> = (0..self.config.pollers)
-            .map(|_| tokio::spawn(self.clone().poll_loop(shutdown.clone())))
+            .map(|_| {
+                self.state.running.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(self.clone().poll_loop(shutdown.clone()))
+            })
             .collect();
-        for poller in pollers {
-            let _ = poller.await;
-        }
+        tokio::spawn(async move {
+            for poller in pollers {
+                let _ = poller.await;
+            }
+        })
     }
 
     async fn poll_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        self.state.running.fetch_add(1, Ordering::AcqRel);
         let mut failures = 0u32;
         let mut first = true;
         while let Some(mut permits) = self.gather(&shutdown).await {
@@ -117,9 +126,19 @@ impl Receiver {
             }
             first = false;
             let received = Instant::now();
+            let receive = self.receive(permits.len());
+            tokio::pin!(receive);
             let result = tokio::select! {
-                r = self.receive(permits.len()) => r,
-                _ = shutdown.cancelled() => break,
+                r = &mut receive => r,
+                _ = shutdown.cancelled() => {
+                    // SQS may already be filling this long poll; dropping it
+                    // would leave what it took invisible for the visibility
+                    // timeout. Hear it out and hand its messages back now.
+                    if let Ok(messages) = receive.await {
+                        self.hand_back(messages).await;
+                    }
+                    break;
+                }
             };
             match result {
                 Ok(messages) => {
@@ -212,6 +231,29 @@ impl Receiver {
             }
         }
         Some(permits)
+    }
+
+    /// Make messages received during shutdown visible again at once, for
+    /// another worker, without starting them.
+    async fn hand_back(&self, messages: Vec<aws_sdk_sqs::types::Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        tracing::info!(
+            messages = messages.len(),
+            "stopping: handing back what the last receive brought"
+        );
+        let releases = messages.iter().filter_map(|m| {
+            let id = m.message_id()?;
+            let receipt = m.receipt_handle()?;
+            Some(self.ctx.acker.release(id, receipt, 0))
+        });
+        futures::future::join_all(releases).await;
+        self.ctx
+            .metrics
+            .jobs
+            .with_label_values(&["released"])
+            .inc_by(messages.len() as u64);
     }
 
     async fn receive(&self, max: usize) -> Result<Vec<aws_sdk_sqs::types::Message>, String> {

@@ -143,12 +143,8 @@ fn uuid_like(n: usize) -> String {
 }
 
 fn signal(sig: &str, pid: u32) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
+    let sent = url2png_testkit::process::signal(sig, &pid.to_string());
+    assert!(sent, "kill -{sig} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

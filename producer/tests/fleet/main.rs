@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use url2png_core::JobMessage;
 use url2png_testkit::load::{Load, Report, Request};
-use url2png_testkit::metrics::http_get;
 use url2png_testkit::moto::free_port;
 use url2png_testkit::{Ledger, TestAws};
 
@@ -56,27 +55,20 @@ async fn start_producer(
     addr: SocketAddr,
     env: &[(&str, &str)],
 ) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
-        .envs(aws.moto.child_env())
-        .env("URL2PNG_QUEUE_URL", &aws.queue.url)
-        .env("URL2PNG_BUCKET", &aws.bucket)
+    let mut child = url2png_testkit::process::command(env!("CARGO_BIN_EXE_url2png-producer"), aws)
         .env("URL2PNG_PRODUCER_LISTEN", addr.to_string())
-        .env("URL2PNG_LOG_FORMAT", "text")
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let up = async {
-        while !matches!(http_get(addr, "/healthz").await, Some((200, _))) {
-            assert!(child.try_wait().unwrap().is_none(), "the producer exited");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), up)
-        .await
-        .expect("the producer is healthy");
+    url2png_testkit::process::wait_healthy(
+        &mut child,
+        addr,
+        "/healthz",
+        Duration::from_secs(30),
+        String::new,
+    )
+    .await;
     child
 }
 

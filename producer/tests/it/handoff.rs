@@ -5,14 +5,14 @@
 
 use super::*;
 use url2png_core::aws::{AwsOptions, Clients};
-use url2png_testkit::SqsProxy;
+use url2png_testkit::AwsProxy;
 use uuid::Uuid;
 
 /// A producer whose AWS calls go through `proxy`, with `attempt` as the
 /// limit on one attempt of a call.
 async fn start_behind(
     aws: &TestAws,
-    proxy: &SqsProxy,
+    proxy: &AwsProxy,
     attempt: Duration,
     extra: &[&str],
 ) -> Running {
@@ -21,28 +21,7 @@ async fn start_behind(
         ..AwsOptions::emulator(proxy.endpoint())
     })
     .await;
-    let mut args = vec![
-        "url2png-producer",
-        "--queue-url",
-        &aws.queue.url,
-        "--bucket",
-        &aws.bucket,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let producer = Producer::start(Config::try_parse_from(args).unwrap(), clients)
-        .await
-        .unwrap();
-    let addr = producer.local_addr();
-    let registry = producer.registry().clone();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
-    Running {
-        addr,
-        registry,
-        shutdown,
-    }
+    start_with(aws, clients, extra).await
 }
 
 fn sqs_calls(producer: &Running, operation: &str, outcome: &str) -> f64 {
@@ -86,7 +65,7 @@ async fn a_body_slower_than_the_request_timeout_gets_504_and_nothing_is_queued()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_slower_than_the_request_timeout_gets_its_real_answer_not_504() {
     let aws = TestAws::start().await;
-    let proxy = SqsProxy::start(aws.moto.endpoint()).await;
+    let proxy = AwsProxy::start(aws.moto.endpoint()).await;
     proxy.delay_answers("SendMessageBatch", Duration::from_millis(2500));
     let producer = start_behind(
         &aws,
@@ -113,7 +92,7 @@ async fn a_queue_slower_than_the_request_timeout_gets_its_real_answer_not_504() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_answer_never_comes_is_503_unconfirmed_naming_the_job_that_was_queued() {
     let aws = TestAws::start().await;
-    let proxy = SqsProxy::start(aws.moto.endpoint()).await;
+    let proxy = AwsProxy::start(aws.moto.endpoint()).await;
     proxy.swallow_answers("SendMessageBatch");
     let producer = start_behind(
         &aws,
@@ -190,7 +169,7 @@ fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_entry_sqs_refuses_is_sent_again_alone_and_queued_once() {
     let aws = TestAws::start().await;
-    let proxy = SqsProxy::start(aws.moto.endpoint()).await;
+    let proxy = AwsProxy::start(aws.moto.endpoint()).await;
     proxy.spoil("SendMessageBatch", &["0"]);
     let producer = start_behind(
         &aws,
@@ -210,7 +189,7 @@ async fn a_batch_entry_sqs_refuses_is_sent_again_alone_and_queued_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_sqs_refuses_in_the_batch_and_alone_is_refused_and_the_rest_are_queued() {
     let aws = TestAws::start().await;
-    let proxy = SqsProxy::start(aws.moto.endpoint()).await;
+    let proxy = AwsProxy::start(aws.moto.endpoint()).await;
     proxy.spoil("SendMessageBatch", &["1"]);
     proxy.spoil("SendMessage", &[]);
     let producer = start_behind(

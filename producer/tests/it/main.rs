@@ -27,6 +27,12 @@ impl Drop for Running {
 }
 
 async fn start(aws: &TestAws, extra: &[&str]) -> Running {
+    start_with(aws, aws.clients.clone(), extra).await
+}
+
+/// A producer on the emulator's queue and bucket that calls AWS with
+/// `clients`.
+async fn start_with(aws: &TestAws, clients: url2png_core::aws::Clients, extra: &[&str]) -> Running {
     let mut args = vec![
         "url2png-producer",
         "--queue-url",
@@ -37,7 +43,7 @@ async fn start(aws: &TestAws, extra: &[&str]) -> Running {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
+    let producer = Producer::start(Config::try_parse_from(args).unwrap(), clients)
         .await
         .unwrap();
     let addr = producer.local_addr();
@@ -59,62 +65,8 @@ async fn http(
     content_type: Option<&str>,
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // A server may answer before reading a large body; ignore a broken pipe.
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
-        data = &data[eol + 4 + size..];
-    }
+    let reply = url2png_testkit::http::request(addr, method, path, content_type, body).await;
+    (reply.status, reply.headers, reply.body)
 }
 
 async fn post_json(
@@ -153,46 +105,16 @@ async fn queued(aws: &TestAws) -> u64 {
     aws.queue_counts(&aws.queue.url).await.0
 }
 
+/// Every job in the queue, received once (they stay invisible after).
 async fn drain(aws: &TestAws) -> Vec<JobMessage> {
-    let mut jobs = Vec::new();
-    loop {
-        let out = aws
-            .clients
-            .sqs
-            .receive_message()
-            .queue_url(&aws.queue.url)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return jobs;
-        }
-        jobs.extend(
-            messages
-                .iter()
-                .map(|m| JobMessage::parse(m.body().unwrap().as_bytes()).unwrap()),
-        );
-    }
+    aws.drain(&aws.queue.url)
+        .await
+        .iter()
+        .map(|body| JobMessage::parse(body.as_bytes()).unwrap())
+        .collect()
 }
 
-fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().to_vec())
-        .filter(|m| {
-            labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        .map(|m| m.get_counter().get_value())
-        .sum()
-}
+use url2png_testkit::metrics::registered as metric;
 
 #[tokio::test]
 async fn a_valid_request_is_queued_and_answered_at_once() {
@@ -736,23 +658,13 @@ async fn submit_waits_for_the_worker() {
     let (stop, worker) = start_worker(&aws).await;
 
     let submit = |args: Vec<String>| {
-        let endpoint = aws.moto.endpoint().to_owned();
-        let (queue, bucket) = (aws.queue.url.clone(), aws.bucket.clone());
-        async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
-                .arg("submit")
-                .args(args)
-                .env("AWS_ENDPOINT_URL", endpoint)
-                .env("AWS_REGION", "us-east-1")
-                .env("AWS_ACCESS_KEY_ID", "testing")
-                .env("AWS_SECRET_ACCESS_KEY", "testing")
-                .env("URL2PNG_QUEUE_URL", queue)
-                .env("URL2PNG_BUCKET", bucket)
-                .env("URL2PNG_EGRESS_ALLOW", "127.0.0.1/32")
-                .output()
-                .await
-                .unwrap()
-        }
+        let mut command =
+            url2png_testkit::process::command(env!("CARGO_BIN_EXE_url2png-producer"), &aws);
+        command
+            .arg("submit")
+            .args(args)
+            .env("URL2PNG_EGRESS_ALLOW", "127.0.0.1/32");
+        async move { command.output().await.unwrap() }
     };
     let out = submit(vec![
         fixtures.url("/page"),
@@ -1095,20 +1007,10 @@ fn scraped(page: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
-    use std::process::Stdio;
     let aws = TestAws::start().await;
     let addr = SocketAddr::from(([127, 0, 0, 1], url2png_testkit::moto::free_port()));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
-        .env("AWS_ENDPOINT_URL", aws.moto.endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("URL2PNG_QUEUE_URL", &aws.queue.url)
-        .env("URL2PNG_BUCKET", &aws.bucket)
+    let mut child = url2png_testkit::process::command(env!("CARGO_BIN_EXE_url2png-producer"), &aws)
         .env("URL2PNG_PRODUCER_LISTEN", addr.to_string())
-        .env("URL2PNG_LOG_FORMAT", "text")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
@@ -1150,11 +1052,7 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
         .await
         .expect("the slow request is being served");
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(url2png_testkit::process::signal("TERM", &pid.to_string()));
     let refused = async {
         while tokio::net::TcpStream::connect(addr).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1188,19 +1086,12 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_behind_failing_health_checks_then_stops() {
-    use std::process::Stdio;
     let aws = TestAws::start().await;
     let addr = SocketAddr::from(([127, 0, 0, 1], url2png_testkit::moto::free_port()));
     let drain_secs = 3;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-producer"))
-        .envs(aws.moto.child_env())
-        .env("URL2PNG_QUEUE_URL", &aws.queue.url)
-        .env("URL2PNG_BUCKET", &aws.bucket)
+    let mut child = url2png_testkit::process::command(env!("CARGO_BIN_EXE_url2png-producer"), &aws)
         .env("URL2PNG_PRODUCER_LISTEN", addr.to_string())
-        .env("URL2PNG_LOG_FORMAT", "text")
         .env("URL2PNG_DRAIN_SECONDS", drain_secs.to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
@@ -1219,11 +1110,8 @@ async fn sigterm_drains_behind_failing_health_checks_then_stops() {
 
     let sent = tokio::time::Instant::now();
     assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
+        url2png_testkit::process::signal("TERM", &pid.to_string()),
+        "SIGTERM sent"
     );
     // Health fails at once, for the balancer...
     let failing = async {

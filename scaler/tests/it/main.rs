@@ -191,16 +191,7 @@ impl Fleet {
     }
 }
 
-fn counter(registry: &prometheus::Registry, name: &str, label: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().to_vec())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == label))
-        .map(|m| m.get_counter().get_value())
-        .sum()
-}
+use url2png_testkit::metrics::registered;
 
 #[tokio::test]
 async fn backlog_per_task_is_published_for_0_1_and_3_running_tasks() {
@@ -282,7 +273,11 @@ async fn one_message_wakes_a_service_at_zero() {
     assert_eq!(plain.tick().await.unwrap().woke, Some(2));
     assert_eq!(fleet.desired("plain").await, 2, "UpdateService");
     assert_eq!(
-        counter(&registry, "url2png_scaler_actions_total", "wake"),
+        registered(
+            &registry,
+            "url2png_scaler_actions_total",
+            &[("action", "wake")]
+        ),
         1.0
     );
 
@@ -321,11 +316,19 @@ async fn a_failing_read_publishes_nothing() {
     let e = missing.tick().await.unwrap_err();
     assert!(format!("{e:#}").contains("no-such-service"), "{e:#}");
     assert_eq!(
-        counter(&registry, "url2png_scaler_errors_total", "service"),
+        registered(
+            &registry,
+            "url2png_scaler_errors_total",
+            &[("stage", "service")]
+        ),
         1.0
     );
     assert_eq!(
-        counter(&registry, "url2png_scaler_ticks_total", "skipped"),
+        registered(
+            &registry,
+            "url2png_scaler_ticks_total",
+            &[("result", "skipped")]
+        ),
         1.0
     );
 
@@ -334,7 +337,11 @@ async fn a_failing_read_publishes_nothing() {
     let (mut no_queue, registry) = fleet.publisher(gone);
     assert!(no_queue.tick().await.is_err());
     assert_eq!(
-        counter(&registry, "url2png_scaler_errors_total", "queue"),
+        registered(
+            &registry,
+            "url2png_scaler_errors_total",
+            &[("stage", "queue")]
+        ),
         1.0
     );
     assert!(

@@ -2,13 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use url2png_core::JobMessage;
 use url2png_core::job::RenderOptions;
-use url2png_testkit::metrics::{http_get, metric, scrape};
+use url2png_testkit::metrics::{metric, scrape};
 use url2png_testkit::moto::free_port;
+use url2png_testkit::process;
+pub use url2png_testkit::process::signal;
+pub use url2png_testkit::wait_for;
 use url2png_testkit::{Fixtures, Page, TestAws, Tracked};
 
 /// Where ledgers are kept for `script/test`'s results table.
@@ -32,44 +35,24 @@ impl WorkerProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{name}-{}.log", uuid_suffix()));
         let out = std::fs::File::create(&log).unwrap();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_url2png-worker"));
+        let mut command = process::command(env!("CARGO_BIN_EXE_url2png-worker"), aws);
         command
-            .envs(aws.moto.child_env())
-            .env("URL2PNG_QUEUE_URL", &aws.queue.url)
-            .env("URL2PNG_BUCKET", &aws.bucket)
             .env("URL2PNG_WORKER_LISTEN", ops.to_string())
-            .env("URL2PNG_LOG_FORMAT", "text")
             .env("URL2PNG_WAIT_TIME_SECONDS", "1")
             .env("URL2PNG_DELETE_FLUSH_MS", "100")
             .env("URL2PNG_RETRY_BASE_SECONDS", "1")
             .env("URL2PNG_RETRY_MAX_SECONDS", "2")
             .env("URL2PNG_EGRESS_ALLOW", "127.0.0.1/32")
-            .env("NO_COLOR", "1")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
-            .process_group(0)
-            .kill_on_drop(true);
+            .process_group(0);
         let mut child = command.spawn().expect("spawn the worker");
         let pid = child.id().expect("pid");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "worker exited at start with {status}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if let Some((200, _)) = http_get(ops, "/healthz").await {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "worker not healthy within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        process::wait_healthy(&mut child, ops, "/healthz", Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        })
+        .await;
         Self {
             child,
             pid,
@@ -122,25 +105,7 @@ impl WorkerProcess {
 
     /// Chromium processes of this worker: (browser processes, renderers).
     pub fn chromium(&self) -> (Vec<u32>, Vec<u32>) {
-        let profile = format!("url2png-chromium-{}-", self.pid);
-        let mut browsers = Vec::new();
-        let mut renderers = Vec::new();
-        let tree = descendants(self.pid);
-        for pid in tree {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if !cmdline.contains("chromium") {
-                continue;
-            }
-            if cmdline.contains("--type=renderer") {
-                renderers.push(pid);
-            } else if !cmdline.contains("--type=") && cmdline.contains(&profile) {
-                browsers.push(pid);
-            }
-        }
-        (browsers, renderers)
+        process::chromium_below(self.pid)
     }
 }
 
@@ -150,49 +115,6 @@ impl Drop for WorkerProcess {
             signal("KILL", &format!("-{}", self.pid));
         }
     }
-}
-
-/// `kill -SIG target` (a pid, or `-pgid` for a process group).
-pub fn signal(sig: &str, target: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), "--", target])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Every process below `root`, from `/proc/*/stat`.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The command may hold spaces and parentheses; fields resume after
-        // the last ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 fn uuid_suffix() -> String {
@@ -238,26 +160,6 @@ pub fn jobs_with_pages(fixtures: &Fixtures, n: usize, delay: Duration) -> Vec<Tr
 pub async fn send(aws: &TestAws, jobs: &[Tracked]) {
     let bodies: Vec<String> = jobs.iter().map(|t| t.job.to_json()).collect();
     aws.send_bodies(&bodies).await;
-}
-
-/// Poll `check` every 100 ms until it returns `Some`, or panic after
-/// `timeout` with `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Wait until the queue and its dead-letter queue are empty.

@@ -275,11 +275,7 @@ async fn a_browser_that_dies_on_the_last_attempt_records_browser_crashed() {
         "render started"
     );
     for pid in worker.pool.browser_pids().await {
-        let status = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(signal("KILL", &pid.to_string()));
     }
     let record = record_of(&aws, &job).await;
     assert_eq!(record.reason, FailureReason::BrowserCrashed, "{record:?}");
@@ -373,4 +369,100 @@ async fn a_self_signed_certificate_is_a_tls_error_unless_the_operator_accepts_it
     .await;
     assert_eq!(top_left_pixel(&get(&aws, &image).await), [0, 170, 0]);
     lenient.stop().await;
+}
+
+/// A queue whose messages get one attempt, then the dead-letter queue.
+async fn one_attempt() -> TestAws {
+    TestAws::start_with(TestAwsOptions {
+        max_receive_count: 1,
+        ..TestAwsOptions::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_the_browser_never_answers_on_the_last_attempt_records_render_failed() {
+    let aws = one_attempt().await;
+    let site = Fixtures::start().await;
+    site.page(
+        "/still",
+        Page::html(
+            "<h1>still</h1><script>addEventListener('load', () => fetch('/loaded'))</script>",
+        ),
+    );
+    site.page("/loaded", Page::html(""));
+    let worker = start_worker(&aws, &["--cdp-timeout-seconds", "1"]).await;
+    let job = JobMessage::new(
+        site.url("/still"),
+        RenderOptions {
+            delay_ms: 8_000,
+            timeout_ms: 60_000,
+            ..RenderOptions::default()
+        },
+    );
+    send_jobs(&aws, std::slice::from_ref(&job)).await;
+    assert!(
+        site.wait_for_hits("/loaded", 1, Duration::from_secs(30))
+            .await,
+        "the page loaded"
+    );
+    // Freeze the page's renderers during the delay: the capture after it
+    // never gets a frame.
+    let mut renderers = Vec::new();
+    for browser in worker.pool.browser_pids().await {
+        renderers.extend(
+            url2png_testkit::process::descendants(browser)
+                .into_iter()
+                .filter(|pid| url2png_testkit::process::cmdline(*pid).contains("--type=renderer")),
+        );
+    }
+    assert!(!renderers.is_empty(), "the page has a renderer");
+    for pid in &renderers {
+        signal("STOP", &pid.to_string());
+    }
+    let record = record_of(&aws, &job).await;
+    for pid in &renderers {
+        signal("CONT", &pid.to_string());
+    }
+    assert_eq!(record.reason, FailureReason::RenderFailed, "{record:?}");
+    assert_eq!(record.attempts, 1);
+    assert!(
+        record
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("Page.captureScreenshot")),
+        "{record:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_every_image_write_records_attempts_exhausted() {
+    use url2png_core::aws::{AwsOptions, Clients};
+    let aws = one_attempt().await;
+    let site = Fixtures::start().await;
+    site.page("/fine", Page::html("<h1>fine</h1>"));
+    // Image writes fail with S3's 503 SlowDown; the record's write passes.
+    let proxy = url2png_testkit::AwsProxy::start(aws.moto.endpoint()).await;
+    proxy.refuse("PUT", ".png", 503);
+    let clients = Clients::load(&AwsOptions::emulator(proxy.endpoint())).await;
+    let worker = url2png_worker::Worker::start(config(&aws, &[]), clients)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(worker.run(shutdown.clone()));
+    let job = JobMessage::new(site.url("/fine"), RenderOptions::default());
+    send_jobs(&aws, std::slice::from_ref(&job)).await;
+    let record = record_of(&aws, &job).await;
+    assert_eq!(
+        record.reason,
+        FailureReason::AttemptsExhausted,
+        "{record:?}"
+    );
+    assert_eq!(record.attempts, 1);
+    assert!(proxy.refused() >= 1, "the image write was tried");
+    let image = KeyLayout::default().image(job.id, ImageFormat::Png);
+    assert!(!keys(&aws).await.contains(&image));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

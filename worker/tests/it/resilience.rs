@@ -90,11 +90,7 @@ async fn a_browser_killed_mid_render_is_replaced_and_the_job_retried() {
     );
     let pids = worker.pool.browser_pids().await;
     assert_eq!(pids.len(), 1);
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pids[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(signal("KILL", &pids[0].to_string()));
 
     let key = KeyLayout::default().image(job.id, ImageFormat::Png);
     wait_for("the retried image", Duration::from_secs(90), || async {
@@ -231,11 +227,7 @@ async fn a_hung_browser_is_detected_and_replaced() {
     .await;
     let pids = worker.pool.browser_pids().await;
     // A stopped process keeps its socket open but answers nothing.
-    let stop = std::process::Command::new("kill")
-        .args(["-STOP", &pids[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(stop.success());
+    assert!(signal("STOP", &pids[0].to_string()));
     wait_for("the hang detected", Duration::from_secs(60), || async {
         (counter(&worker.metrics.browser_restarts, &["hang"]) >= 1).then_some(())
     })

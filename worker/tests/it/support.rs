@@ -1,13 +1,12 @@
 //! Shared set-up: an emulator, fixtures, a worker, and ways to wait for
 //! what it stores.
 
-use std::future::Future;
-use std::time::Duration;
-
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use url2png_core::JobMessage;
 use url2png_testkit::TestAws;
+pub use url2png_testkit::process::signal;
+pub use url2png_testkit::wait_for;
 use url2png_worker::{Config, Worker};
 
 /// Worker settings for tests: the emulator's queue and bucket, an ephemeral
@@ -82,25 +81,6 @@ pub async fn send_bodies(aws: &TestAws, bodies: &[String]) {
 pub async fn send_jobs(aws: &TestAws, jobs: &[JobMessage]) {
     let bodies: Vec<String> = jobs.iter().map(JobMessage::to_json).collect();
     send_bodies(aws, &bodies).await;
-}
-
-/// Poll `check` every 100 ms until it returns `Some`, or panic after
-/// `timeout` with `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every key in the bucket.

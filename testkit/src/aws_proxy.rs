@@ -1,10 +1,11 @@
-//! An HTTP proxy in front of the emulator that tampers with chosen SQS
-//! calls, for faults a TCP proxy cannot make: an answer that comes late,
-//! a call that takes effect but is never answered, and entries the queue
-//! refuses. Everything else (S3, other SQS calls) passes untouched.
+//! An HTTP proxy in front of the emulator that tampers with chosen calls,
+//! for faults a TCP proxy cannot make: an SQS answer that comes late, an
+//! SQS call that takes effect but is never answered, entries the queue
+//! refuses, and S3 writes of chosen keys answered with a service error.
+//! Everything else passes untouched.
 //!
-//! Calls are told apart by the SQS JSON protocol's `X-Amz-Target` header
-//! (`AmazonSQS.SendMessageBatch`). Refusals are real: the proxy gives the
+//! SQS calls are told apart by the JSON protocol's `X-Amz-Target` header
+//! (`AmazonSQS.SendMessageBatch`), S3 calls by method and path. Refusals are real: the proxy gives the
 //! chosen entries a `DelaySeconds` over SQS's 900 s limit, so the emulator
 //! itself fails them, and whatever it accepted is really queued.
 
@@ -32,6 +33,8 @@ struct Rules {
     swallow: HashSet<String>,
     /// Operation → entry ids to spoil (ignored for `SendMessage`).
     spoil: HashMap<String, Vec<String>>,
+    /// (method, path suffix, status): answered at once, not forwarded.
+    refuse: Vec<(String, String, u16)>,
 }
 
 #[derive(Debug)]
@@ -44,13 +47,13 @@ struct Shared {
 
 /// A running proxy. Dropping it stops it and ends the calls it holds.
 #[derive(Debug)]
-pub struct SqsProxy {
+pub struct AwsProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
 
-impl SqsProxy {
+impl AwsProxy {
     /// Listen on a free loopback port and forward to the `http://host:port`
     /// endpoint of the emulator.
     pub async fn start(endpoint: &str) -> Self {
@@ -107,6 +110,20 @@ impl SqsProxy {
         );
     }
 
+    /// Answer `method` requests whose path ends with `suffix` with `status`
+    /// and an S3 error body (`SlowDown` for 503, `InternalError` else),
+    /// without forwarding them: a store that fails those writes.
+    pub fn refuse(&self, method: &str, suffix: &str, status: u16) {
+        self.rules()
+            .refuse
+            .push((method.to_owned(), suffix.to_owned(), status));
+    }
+
+    /// How many requests [`refuse`](Self::refuse) has answered.
+    pub fn refused(&self) -> usize {
+        self.calls("(refused)")
+    }
+
     /// How many `operation` calls have come in.
     pub fn calls(&self, operation: &str) -> usize {
         let calls = self.shared.calls.lock().expect("calls");
@@ -118,7 +135,7 @@ impl SqsProxy {
     }
 }
 
-impl Drop for SqsProxy {
+impl Drop for AwsProxy {
     fn drop(&mut self) {
         self.shared.stopped.send_replace(true);
         self.task.abort();
@@ -140,6 +157,27 @@ async fn forward(
         .to_owned();
     if !operation.is_empty() {
         shared.calls.lock().expect("calls").push(operation.clone());
+    }
+    let refusal = {
+        let rules = shared.rules.lock().expect("rules");
+        rules
+            .refuse
+            .iter()
+            .find(|(m, suffix, _)| *m == method.as_str() && uri.path().ends_with(suffix.as_str()))
+            .map(|(_, _, status)| *status)
+    };
+    if let Some(status) = refusal {
+        shared.calls.lock().expect("calls").push("(refused)".into());
+        let code = if status == 503 {
+            "SlowDown"
+        } else {
+            "InternalError"
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>refused by the test proxy</Message></Error>"
+        );
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (status, [("content-type", "application/xml")], body).into_response();
     }
     let (delay, swallow, spoil) = {
         let rules = shared.rules.lock().expect("rules");
@@ -233,40 +271,17 @@ async fn exchange(
     stream.write_all(body).await.ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines.next()?.split(' ').nth(1)?.parse::<u16>().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+    let reply = crate::http::parse(&raw)?;
+    let headers = reply
+        .headers
+        .into_iter()
         .filter(|(k, _)| !HOP.contains(&k.as_str()))
         .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Some((StatusCode::from_u16(status).ok()?, headers, body))
-}
-
-/// The payload of a chunked body.
-pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&data[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 || data.len() < eol + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
-        data = data.get(eol + 4 + size..).unwrap_or_default();
-    }
-    out
+    Some((
+        StatusCode::from_u16(reply.status).ok()?,
+        headers,
+        reply.body,
+    ))
 }
 
 #[cfg(test)]
@@ -287,10 +302,5 @@ mod tests {
         .unwrap();
         assert!(out["Entries"][0].get("DelaySeconds").is_none());
         assert_eq!(out["Entries"][1]["DelaySeconds"], REFUSED_DELAY);
-    }
-
-    #[test]
-    fn a_chunked_body_is_joined() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
     }
 }
