@@ -172,6 +172,12 @@ impl JobFailure {
                 true,
                 "The page's renderer crashed.",
             ),
+            RenderError::BrowserGone(_) => Self::new(
+                FailureReason::BrowserCrashed,
+                true,
+                "The browser exited during the job.",
+            )
+            .detail(text),
             RenderError::CdpTimeout(name, _) | RenderError::Cdp(name, _)
                 if name.starts_with("Page.captureScreenshot")
                     || name.starts_with("Page.getLayoutMetrics") =>
@@ -475,5 +481,10 @@ mod tests {
         );
         let crashed = JobFailure::browser_died().last_attempt();
         assert_eq!(crashed.reason, FailureReason::BrowserCrashed);
+        let gone = JobFailure::render(&RenderError::BrowserGone("Page.navigate"), &[]);
+        assert!(gone.retryable);
+        let gone = gone.last_attempt();
+        assert_eq!(gone.reason, FailureReason::BrowserCrashed, "{gone:?}");
+        assert!(gone.detail.unwrap_or_default().contains("Page.navigate"));
     }
 }

@@ -157,14 +157,21 @@ where
             SdkError::DispatchFailure(_) => "dispatch",
             SdkError::ResponseError(_) => "response",
             SdkError::ServiceError(e) => match e.err().code() {
-                Some(c) if c.contains("Throttl") => "throttled",
-                Some(c)
-                    if c.contains("ReceiptHandleIsInvalid")
-                        || c.contains("InvalidParameterValue") =>
-                {
-                    "invalid"
-                }
-                Some(c) if c.contains("NoSuchKey") || c.contains("NotFound") => "not_found",
+                Some(
+                    "ThrottlingException"
+                    | "Throttling"
+                    | "RequestThrottled"
+                    | "SlowDown"
+                    | "RequestThrottledException"
+                    | "KmsThrottled",
+                ) => "throttled",
+                Some("ReceiptHandleIsInvalid" | "InvalidParameterValue") => "invalid",
+                Some(
+                    "NoSuchKey"
+                    | "NotFound"
+                    | "QueueDoesNotExist"
+                    | "AWS.SimpleQueueService.NonExistentQueue",
+                ) => "not_found",
                 _ => "service",
             },
             _ => "error",

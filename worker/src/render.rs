@@ -92,6 +92,10 @@ pub enum RenderError {
     /// The page's renderer crashed (or was killed).
     #[error("the page's renderer crashed")]
     Crashed,
+    /// The connection to the browser closed during a call: the browser
+    /// exited or was killed.
+    #[error("the browser went away during `{0}`")]
+    BrowserGone(&'static str),
     /// A call into Chromium did not answer in time.
     #[error("Chromium did not answer `{0}` within {1:?}")]
     CdpTimeout(&'static str, Duration),
@@ -103,12 +107,16 @@ pub enum RenderError {
 impl RenderError {
     /// Whether the failure points at the browser rather than the page.
     pub fn suspects_browser(&self) -> bool {
-        matches!(self, Self::CdpTimeout(..) | Self::Cdp(..))
+        matches!(
+            self,
+            Self::CdpTimeout(..) | Self::Cdp(..) | Self::BrowserGone(_)
+        )
     }
 
     fn from_cdp(name: &'static str, error: CdpError) -> Self {
         match error {
             CdpError::Timeout { timeout, .. } => Self::CdpTimeout(name, timeout),
+            CdpError::Closed => Self::BrowserGone(name),
             other => Self::Cdp(name, other.to_string()),
         }
     }
