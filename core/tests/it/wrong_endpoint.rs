@@ -7,7 +7,7 @@ use url2png_core::aws::{AwsOptions, Clients};
 use url2png_testkit::moto::free_port;
 
 #[tokio::test]
-async fn every_call_fails_without_an_emulator() {
+async fn sqs_and_s3_calls_fail_without_an_emulator() {
     let options = AwsOptions::emulator(format!("http://127.0.0.1:{}", free_port()));
     let clients = Clients::load(&options).await;
     let sqs = tokio::time::timeout(Duration::from_secs(60), clients.sqs.list_queues().send())

@@ -70,11 +70,7 @@ async fn a_page_slower_than_its_timeout_fails_with_a_navigation_timeout_and_land
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_selector_that_never_matches_fails_the_wait_on_the_last_attempt() {
-    let aws = TestAws::start_with(TestAwsOptions {
-        max_receive_count: 1,
-        ..TestAwsOptions::default()
-    })
-    .await;
+    let aws = one_attempt().await;
     let site = Fixtures::start().await;
     let worker = start_worker(&aws, &[]).await;
     let job = JobMessage::new(
@@ -99,11 +95,7 @@ async fn a_selector_that_never_matches_fails_the_wait_on_the_last_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_troubles_get_their_own_classes() {
-    let aws = TestAws::start_with(TestAwsOptions {
-        max_receive_count: 1,
-        ..TestAwsOptions::default()
-    })
-    .await;
+    let aws = one_attempt().await;
     let site = Fixtures::start().await;
     // A port nothing listens on: bound, then closed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -256,11 +248,7 @@ async fn a_page_whose_frames_and_resources_are_all_refused_still_renders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_dies_on_the_last_attempt_records_browser_crashed() {
-    let aws = TestAws::start_with(TestAwsOptions {
-        max_receive_count: 1,
-        ..TestAwsOptions::default()
-    })
-    .await;
+    let aws = one_attempt().await;
     let site = Fixtures::start().await;
     site.page(
         "/held",
@@ -333,11 +321,7 @@ async fn self_signed_site() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_certificate_is_a_tls_error_unless_the_operator_accepts_it() {
-    let aws = TestAws::start_with(TestAwsOptions {
-        max_receive_count: 1,
-        ..TestAwsOptions::default()
-    })
-    .await;
+    let aws = one_attempt().await;
     let port = self_signed_site().await;
     let url = format!("https://127.0.0.1:{port}/");
 

@@ -5,6 +5,7 @@ mod support;
 
 mod egress;
 mod endings;
+mod fonts;
 mod hostile_pages;
 mod isolation;
 mod lifecycle;

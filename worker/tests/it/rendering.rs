@@ -96,7 +96,7 @@ fn colour_page(trigger: &str) -> Page {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_render_option_is_honoured() {
+async fn every_render_option_but_the_timeout_is_honoured() {
     let aws = TestAws::start().await;
     let fixtures = Fixtures::start().await;
     let worker = start_worker(&aws, &["--browsers", "1", "--pages-per-browser", "4"]).await;
