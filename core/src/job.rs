@@ -6,8 +6,16 @@
 //! names the offending field in its error. A body that fails here can never
 //! succeed, so the worker records a permanent failure instead of retrying.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::options::{
+    self as opt, NETWORK_IDLE_DEFAULT_MS, NETWORK_IDLE_MAX_MS, NETWORK_IDLE_MIN_MS,
+    SCROLL_DELAY_DEFAULT_MS, SCROLL_DELAY_MAX_MS, SCROLL_STEP_MAX, SCROLL_STEP_MIN,
+};
+pub use crate::options::{
+    Clip, ColorScheme, Cookie, Geolocation, MediaType, ResourceKind, SameSite, SelectorState,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -120,6 +128,149 @@ pub struct RenderOptions {
     /// Fail for good, without an image, when the page answers with an HTTP
     /// status of 400 or more (otherwise the error page is captured).
     pub fail_on_http_error: bool,
+
+    // What is captured.
+    /// Capture only the first element matching this CSS selector, scrolled
+    /// into view. A job whose element is absent (or has no box) fails with
+    /// `element_not_found`; add `wait_for_selector` to wait for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// CSS pixels of the page around the captured element.
+    #[serde(skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1000, default = 0))]
+    pub selector_padding: u32,
+    /// Capture this rectangle of the document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<Clip>,
+    /// A transparent background where the page sets none (png and webp).
+    #[serde(skip_serializing_if = "is_false")]
+    pub omit_background: bool,
+    /// Scroll through the page before the capture, so content that loads
+    /// when scrolled into view is there; back to the top afterwards.
+    #[serde(skip_serializing_if = "is_false")]
+    pub scroll_page: bool,
+    /// With `scroll_page`, CSS pixels per step; the viewport's height by
+    /// default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 100, maximum = 10000))]
+    pub scroll_step: Option<u32>,
+    /// With `scroll_page`, the pause after each step, in milliseconds.
+    #[serde(skip_serializing_if = "is_default_scroll_delay")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 2000, default = 100))]
+    pub scroll_delay_ms: u32,
+
+    // When.
+    /// Wait until an element matching this selector is in
+    /// `wait_for_selector_state`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_for_selector: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub wait_for_selector_state: SelectorState,
+    /// Wait until this JavaScript expression is truthy (a promise is
+    /// awaited; an exception counts as not yet). Runs with the page's
+    /// privileges, so the operator must allow scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_for_expression: Option<String>,
+    /// With `wait_for: network_idle`, how long no request may be in flight,
+    /// in milliseconds.
+    #[serde(skip_serializing_if = "is_default_network_idle")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 100, maximum = 10000, default = 500)
+    )]
+    pub network_idle_ms: u32,
+
+    // Cleanup.
+    /// Elements to hide (`display: none`) before the capture.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hide_selectors: Vec<String>,
+    /// A stylesheet added to the page after it loads. What it loads goes
+    /// through the egress policy like the page's own requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub css: Option<String>,
+    /// A script run in the page after it loads (a promise is awaited).
+    /// Runs with the page's privileges, so the operator must allow scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Sub-resources of these kinds are not loaded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub block_resources: Vec<ResourceKind>,
+    /// Sub-resources whose URL matches one of these patterns (`*` any run
+    /// of characters, `?` one) are not loaded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub block_urls: Vec<String>,
+
+    // Emulation.
+    /// A named device: sets the viewport, scale, mobile, touch and user
+    /// agent (leave those out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// With `device`, swap its width and height.
+    #[serde(skip_serializing_if = "is_false")]
+    pub landscape: bool,
+    /// Emulate a mobile browser (meta viewport, overlay scrollbars).
+    #[serde(skip_serializing_if = "is_false")]
+    pub mobile: bool,
+    /// Emulate a touch screen.
+    #[serde(skip_serializing_if = "is_false")]
+    pub touch: bool,
+    /// The `User-Agent` string, or a preset: `desktop`, `mac`, `linux`,
+    /// `android`, `iphone`, `ipad`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The `Accept-Language` header and `navigator.languages`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_language: Option<String>,
+    /// The locale of `Intl` and date formatting, such as `de-CH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// An IANA time zone, such as `Europe/Zurich`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The position `navigator.geolocation` reports (permission granted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geolocation: Option<Geolocation>,
+    /// `prefers-color-scheme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub color_scheme: Option<ColorScheme>,
+    /// `prefers-reduced-motion: reduce`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub reduced_motion: bool,
+    /// The CSS media type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaType>,
+    /// Extra request headers, sent only to the page's own host and to
+    /// `header_hosts`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// More hosts (`*.example.com` for a domain and its subdomains) that
+    /// get `headers`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub header_hosts: Vec<String>,
+    /// Cookies set in the job's own browser context before the page loads;
+    /// without a `domain`, for the page's host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<Cookie>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_default_scroll_delay(n: &u32) -> bool {
+    *n == SCROLL_DELAY_DEFAULT_MS
+}
+
+fn is_default_network_idle(n: &u32) -> bool {
+    *n == NETWORK_IDLE_DEFAULT_MS
 }
 
 impl Default for RenderOptions {
@@ -136,6 +287,37 @@ impl Default for RenderOptions {
             delay_ms: 0,
             timeout_ms: TIMEOUT_DEFAULT_MS,
             fail_on_http_error: false,
+            selector: None,
+            selector_padding: 0,
+            clip: None,
+            omit_background: false,
+            scroll_page: false,
+            scroll_step: None,
+            scroll_delay_ms: SCROLL_DELAY_DEFAULT_MS,
+            wait_for_selector: None,
+            wait_for_selector_state: SelectorState::default(),
+            wait_for_expression: None,
+            network_idle_ms: NETWORK_IDLE_DEFAULT_MS,
+            hide_selectors: Vec::new(),
+            css: None,
+            script: None,
+            block_resources: Vec::new(),
+            block_urls: Vec::new(),
+            device: None,
+            landscape: false,
+            mobile: false,
+            touch: false,
+            user_agent: None,
+            accept_language: None,
+            locale: None,
+            timezone: None,
+            geolocation: None,
+            color_scheme: None,
+            reduced_motion: false,
+            media: None,
+            headers: BTreeMap::new(),
+            header_hosts: Vec::new(),
+            cookies: Vec::new(),
         }
     }
 }
@@ -362,7 +544,16 @@ impl JobMessage {
             ));
         }
         validate_url(&self.url)?;
-        self.options.validate()
+        self.options.validate()?;
+        let size = self.to_json().len();
+        if size > MAX_BODY_BYTES {
+            return Err(ContractError::new(
+                ErrorCode::TooLarge,
+                None,
+                format!("the job is {size} bytes as a message; the limit is {MAX_BODY_BYTES}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -439,14 +630,17 @@ impl RenderOptions {
                 format!("{scale} is outside {SCALE_MIN}..={SCALE_MAX}"),
             ));
         }
-        let viewport_pixels = device_pixels(self.width, scale) * device_pixels(self.height, scale);
+        self.validate_device()?;
+        let view = self.viewport();
+        let viewport_pixels =
+            device_pixels(view.width, view.scale) * device_pixels(view.height, view.scale);
         if viewport_pixels > MAX_OUTPUT_PIXELS {
             return Err(ContractError::field(
                 ErrorCode::OutOfRange,
                 "options.device_scale_factor",
                 format!(
-                    "a {}x{} viewport at scale {scale} is {viewport_pixels} device pixels; the limit is {MAX_OUTPUT_PIXELS}",
-                    self.width, self.height
+                    "a {}x{} viewport at scale {} is {viewport_pixels} device pixels; the limit is {MAX_OUTPUT_PIXELS}",
+                    view.width, view.height, view.scale
                 ),
             ));
         }
@@ -515,7 +709,299 @@ impl RenderOptions {
                 ),
             ));
         }
+        self.validate_capture()?;
+        self.validate_waits()?;
+        self.validate_cleanup()?;
+        self.validate_emulation()
+    }
+
+    /// Whether the job runs JavaScript of its own in the page
+    /// (`script`, `wait_for_expression`), which the operator must allow.
+    pub fn uses_scripts(&self) -> bool {
+        self.script.is_some() || self.wait_for_expression.is_some()
+    }
+
+    /// The viewport the page is rendered with: the device's when the job
+    /// names one (turned with `landscape`), the job's own fields otherwise.
+    pub fn viewport(&self) -> ViewportSpec {
+        match self.device.as_deref().and_then(opt::device) {
+            Some(d) => {
+                let (width, height) = if self.landscape {
+                    (d.height, d.width)
+                } else {
+                    (d.width, d.height)
+                };
+                ViewportSpec {
+                    width,
+                    height,
+                    scale: d.scale,
+                    mobile: d.mobile,
+                    touch: d.touch,
+                }
+            }
+            None => ViewportSpec {
+                width: self.width,
+                height: self.height,
+                scale: self.device_scale_factor,
+                mobile: self.mobile,
+                touch: self.touch,
+            },
+        }
+    }
+
+    /// The user agent option in effect: the job's, else its device's preset.
+    pub fn user_agent_option(&self) -> Option<&str> {
+        self.user_agent.as_deref().or_else(|| {
+            self.device
+                .as_deref()
+                .and_then(opt::device)
+                .map(|d| d.user_agent)
+        })
+    }
+
+    fn validate_device(&self) -> Result<(), ContractError> {
+        let Some(name) = &self.device else {
+            if self.landscape {
+                return Err(ContractError::field(
+                    ErrorCode::Invalid,
+                    "options.landscape",
+                    "landscape turns a device; name one with device",
+                ));
+            }
+            return Ok(());
+        };
+        let Some(device) = opt::device(name) else {
+            let names: Vec<_> = opt::DEVICES.iter().map(|d| d.name).collect();
+            return Err(ContractError::field(
+                ErrorCode::Invalid,
+                "options.device",
+                format!("unknown device `{name}`; use one of {}", names.join(", ")),
+            ));
+        };
+        let defaults = Self::default();
+        for (field, set) in [
+            ("width", self.width != defaults.width),
+            ("height", self.height != defaults.height),
+            (
+                "device_scale_factor",
+                self.device_scale_factor != defaults.device_scale_factor,
+            ),
+            ("mobile", self.mobile),
+            ("touch", self.touch),
+        ] {
+            if set {
+                return Err(ContractError::field(
+                    ErrorCode::Invalid,
+                    &format!("options.{field}"),
+                    format!(
+                        "device `{}` sets {field}; leave it out or name no device",
+                        device.name
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_capture(&self) -> Result<(), ContractError> {
+        let invalid = |field: &str, message: &str| {
+            Err(ContractError::field(
+                ErrorCode::Invalid,
+                &format!("options.{field}"),
+                message,
+            ))
+        };
+        if let Some(selector) = &self.selector {
+            opt::selector("options.selector", selector)?;
+            if self.full_page {
+                return invalid(
+                    "selector",
+                    "an element capture is not a full-page capture; drop one of them",
+                );
+            }
+            if self.clip.is_some() {
+                return invalid("clip", "give an element or a clip, not both");
+            }
+        }
+        if self.selector_padding > 0 && self.selector.is_none() {
+            return invalid(
+                "selector_padding",
+                "padding is around an element; name one with selector",
+            );
+        }
+        if self.selector_padding > opt::SELECTOR_PADDING_MAX {
+            return Err(ContractError::field(
+                ErrorCode::OutOfRange,
+                "options.selector_padding",
+                format!(
+                    "{} is outside 0..={}",
+                    self.selector_padding,
+                    opt::SELECTOR_PADDING_MAX
+                ),
+            ));
+        }
+        if let Some(clip) = &self.clip {
+            if self.full_page {
+                return invalid(
+                    "clip",
+                    "a clip is not a full-page capture; drop one of them",
+                );
+            }
+            let range = |field: &str, value: u32, min: u32, max: u32| {
+                if (min..=max).contains(&value) {
+                    Ok(())
+                } else {
+                    Err(ContractError::field(
+                        ErrorCode::OutOfRange,
+                        &format!("options.clip.{field}"),
+                        format!("{value} is outside {min}..={max}"),
+                    ))
+                }
+            };
+            range("x", clip.x, 0, opt::CLIP_OFFSET_MAX)?;
+            range("y", clip.y, 0, opt::CLIP_OFFSET_MAX)?;
+            range("width", clip.width, 1, VIEWPORT_MAX)?;
+            range("height", clip.height, 1, FULL_PAGE_MAX_HEIGHT_LIMIT)?;
+            let scale = self.viewport().scale;
+            let pixels = device_pixels(clip.width, scale) * device_pixels(clip.height, scale);
+            if pixels > MAX_OUTPUT_PIXELS {
+                return Err(ContractError::field(
+                    ErrorCode::OutOfRange,
+                    "options.clip",
+                    format!(
+                        "a {}x{} clip at scale {scale} is {pixels} device pixels; the limit is {MAX_OUTPUT_PIXELS}",
+                        clip.width, clip.height
+                    ),
+                ));
+            }
+        }
+        if self.omit_background && self.format == ImageFormat::Jpeg {
+            return invalid(
+                "omit_background",
+                "jpeg has no transparency; use png or webp",
+            );
+        }
+        if let Some(step) = self.scroll_step {
+            if !self.scroll_page {
+                return invalid("scroll_step", "a scroll step needs scroll_page");
+            }
+            if !(SCROLL_STEP_MIN..=SCROLL_STEP_MAX).contains(&step) {
+                return Err(ContractError::field(
+                    ErrorCode::OutOfRange,
+                    "options.scroll_step",
+                    format!("{step} is outside {SCROLL_STEP_MIN}..={SCROLL_STEP_MAX}"),
+                ));
+            }
+        }
+        if self.scroll_delay_ms > SCROLL_DELAY_MAX_MS {
+            return Err(ContractError::field(
+                ErrorCode::OutOfRange,
+                "options.scroll_delay_ms",
+                format!(
+                    "{} is outside 0..={SCROLL_DELAY_MAX_MS}",
+                    self.scroll_delay_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_waits(&self) -> Result<(), ContractError> {
+        match &self.wait_for_selector {
+            Some(selector) => opt::selector("options.wait_for_selector", selector)?,
+            None if self.wait_for_selector_state != SelectorState::default() => {
+                return Err(ContractError::field(
+                    ErrorCode::Invalid,
+                    "options.wait_for_selector_state",
+                    "a selector state needs wait_for_selector",
+                ));
+            }
+            None => {}
+        }
+        if let Some(expression) = &self.wait_for_expression {
+            opt::source(
+                "options.wait_for_expression",
+                expression,
+                opt::EXPRESSION_MAX_BYTES,
+                "expression",
+            )?;
+        }
+        if !(NETWORK_IDLE_MIN_MS..=NETWORK_IDLE_MAX_MS).contains(&self.network_idle_ms) {
+            return Err(ContractError::field(
+                ErrorCode::OutOfRange,
+                "options.network_idle_ms",
+                format!(
+                    "{} is outside {NETWORK_IDLE_MIN_MS}..={NETWORK_IDLE_MAX_MS}",
+                    self.network_idle_ms
+                ),
+            ));
+        }
+        if self.network_idle_ms != NETWORK_IDLE_DEFAULT_MS && self.wait_for != WaitFor::NetworkIdle
+        {
+            return Err(ContractError::field(
+                ErrorCode::Invalid,
+                "options.network_idle_ms",
+                "a quiet period needs wait_for: network_idle",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_cleanup(&self) -> Result<(), ContractError> {
+        if self.hide_selectors.len() > opt::HIDE_SELECTORS_MAX {
+            return Err(ContractError::field(
+                ErrorCode::OutOfRange,
+                "options.hide_selectors",
+                format!(
+                    "{} selectors; the limit is {}",
+                    self.hide_selectors.len(),
+                    opt::HIDE_SELECTORS_MAX
+                ),
+            ));
+        }
+        for (i, selector) in self.hide_selectors.iter().enumerate() {
+            opt::selector(&format!("options.hide_selectors[{i}]"), selector)?;
+        }
+        if let Some(css) = &self.css {
+            opt::source("options.css", css, opt::CSS_MAX_BYTES, "stylesheet")?;
+        }
+        if let Some(script) = &self.script {
+            opt::source("options.script", script, opt::SCRIPT_MAX_BYTES, "script")?;
+        }
+        opt::block_urls("options.block_urls", &self.block_urls)
+    }
+
+    fn validate_emulation(&self) -> Result<(), ContractError> {
+        if let Some(ua) = &self.user_agent {
+            opt::text(
+                "options.user_agent",
+                ua,
+                opt::USER_AGENT_BYTES,
+                "user agent",
+            )?;
+        }
+        if let Some(value) = &self.accept_language {
+            opt::accept_language("options.accept_language", value)?;
+        }
+        if let Some(value) = &self.locale {
+            opt::locale("options.locale", value)?;
+        }
+        if let Some(value) = &self.timezone {
+            opt::timezone("options.timezone", value)?;
+        }
+        if let Some(g) = &self.geolocation {
+            opt::geolocation("options.geolocation", g)?;
+        }
+        opt::headers("options.headers", &self.headers)?;
+        if !self.header_hosts.is_empty() && self.headers.is_empty() {
+            return Err(ContractError::field(
+                ErrorCode::Invalid,
+                "options.header_hosts",
+                "header hosts say where headers go; give headers",
+            ));
+        }
+        opt::header_hosts("options.header_hosts", &self.header_hosts)?;
+        opt::cookies("options.cookies", &self.cookies)
     }
 
     /// Quality to encode with: the given one, or the default for lossy
@@ -529,8 +1015,9 @@ impl RenderOptions {
     /// The tallest full-page capture, in CSS pixels, that keeps the image
     /// within [`MAX_OUTPUT_PIXELS`] at this width and scale.
     pub fn full_page_height_limit(&self) -> u32 {
-        let scale = self.device_scale_factor;
-        let row = device_pixels(self.width, scale).max(1);
+        let view = self.viewport();
+        let scale = view.scale;
+        let row = device_pixels(view.width, scale).max(1);
         let max_device_rows = MAX_OUTPUT_PIXELS / row;
         let max_css_rows = (max_device_rows as f64 / scale).floor() as u64;
         u64::from(self.full_page_max_height)
@@ -539,7 +1026,18 @@ impl RenderOptions {
     }
 }
 
-fn device_pixels(css: u32, scale: f64) -> u64 {
+/// The viewport a page is rendered with, devices resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewportSpec {
+    pub width: u32,
+    pub height: u32,
+    pub scale: f64,
+    pub mobile: bool,
+    pub touch: bool,
+}
+
+/// Device pixels of `css` CSS pixels at `scale`, rounded up.
+pub fn device_pixels(css: u32, scale: f64) -> u64 {
     (f64::from(css) * scale).ceil() as u64
 }
 
@@ -650,6 +1148,7 @@ mod tests {
                 delay_ms: 250,
                 timeout_ms: 45_000,
                 fail_on_http_error: true,
+                ..RenderOptions::default()
             },
         );
         job.submitted_at = Some(time::macros::datetime!(2026-11-25 10:00:00.123 UTC));
@@ -988,5 +1487,257 @@ mod tests {
         let pixels = device_pixels(o.width, 4.0) * device_pixels(h, 4.0);
         assert!(pixels <= MAX_OUTPUT_PIXELS, "{h} rows give {pixels}");
         assert!(device_pixels(o.width, 4.0) * device_pixels(h + 1, 4.0) > MAX_OUTPUT_PIXELS);
+    }
+
+    fn every_option() -> RenderOptions {
+        RenderOptions {
+            selector: Some("#card".into()),
+            selector_padding: 8,
+            omit_background: true,
+            scroll_page: true,
+            scroll_step: Some(400),
+            scroll_delay_ms: 50,
+            wait_for: WaitFor::NetworkIdle,
+            wait_for_selector: Some(".ready".into()),
+            wait_for_selector_state: SelectorState::Hidden,
+            wait_for_expression: Some("window.done === true".into()),
+            network_idle_ms: 1500,
+            hide_selectors: vec![".banner".into(), "#chat".into()],
+            css: Some("body { background: red }".into()),
+            script: Some("document.title = 'x'".into()),
+            block_resources: vec![ResourceKind::Image, ResourceKind::Font],
+            block_urls: vec!["*://ads.example/*".into()],
+            device: Some("pixel_8".into()),
+            landscape: true,
+            user_agent: Some("desktop".into()),
+            accept_language: Some("de-CH,de;q=0.9".into()),
+            locale: Some("de-CH".into()),
+            timezone: Some("Europe/Zurich".into()),
+            geolocation: Some(Geolocation {
+                latitude: 47.37,
+                longitude: 8.54,
+                accuracy: 10.0,
+            }),
+            color_scheme: Some(ColorScheme::Dark),
+            reduced_motion: true,
+            media: Some(MediaType::Print),
+            headers: BTreeMap::from([("X-Tenant".into(), "acme".into())]),
+            header_hosts: vec!["*.example.com".into()],
+            cookies: vec![Cookie {
+                name: "session".into(),
+                value: "abc".into(),
+                domain: None,
+                path: Some("/".into()),
+                secure: true,
+                http_only: true,
+                same_site: Some(SameSite::Lax),
+            }],
+            ..RenderOptions::default()
+        }
+    }
+
+    #[test]
+    fn every_new_option_round_trips_and_a_job_without_them_keeps_its_old_shape() {
+        let job = JobMessage::new("https://example.com/", every_option());
+        job.validate().unwrap();
+        assert_eq!(JobMessage::parse(job.to_json().as_bytes()).unwrap(), job);
+        let mut clip = JobMessage::new("https://example.com/", RenderOptions::default());
+        clip.options.clip = Some(Clip {
+            x: 10,
+            y: 20,
+            width: 300,
+            height: 200,
+        });
+        assert_eq!(JobMessage::parse(clip.to_json().as_bytes()).unwrap(), clip);
+
+        // A build that predates these options reads a job that uses none.
+        let plain = JobMessage::new("https://example.com/", RenderOptions::default());
+        let v: serde_json::Value = serde_json::from_str(&plain.to_json()).unwrap();
+        let keys: Vec<_> = v["options"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "delay_ms",
+                "device_scale_factor",
+                "fail_on_http_error",
+                "format",
+                "full_page",
+                "full_page_max_height",
+                "height",
+                "timeout_ms",
+                "wait_for",
+                "width"
+            ]
+        );
+    }
+
+    #[test]
+    fn new_options_are_bounded_and_combinations_that_cannot_work_are_refused() {
+        let bad = |o: serde_json::Value, field: &str| {
+            let e = err(&with_options(o.clone()));
+            assert_eq!(e.field.as_deref(), Some(field), "{o}: {e:?}");
+        };
+        let ok = |o: serde_json::Value| {
+            JobMessage::parse(&with_options(o.clone())).unwrap_or_else(|e| panic!("{o}: {e}"))
+        };
+        ok(json!({"selector": "#a", "selector_padding": 1000}));
+        bad(
+            json!({"selector": "#a", "selector_padding": 1001}),
+            "options.selector_padding",
+        );
+        bad(json!({"selector_padding": 4}), "options.selector_padding");
+        bad(json!({"selector": ""}), "options.selector");
+        bad(
+            json!({"selector": "#a", "full_page": true}),
+            "options.selector",
+        );
+        bad(
+            json!({"selector": "#a", "clip": {"x": 0, "y": 0, "width": 1, "height": 1}}),
+            "options.clip",
+        );
+        ok(json!({"clip": {"x": 32768, "y": 32768, "width": 7680, "height": 7680}}));
+        bad(
+            json!({"clip": {"x": 0, "y": 32769, "width": 1, "height": 1}}),
+            "options.clip.y",
+        );
+        bad(
+            json!({"clip": {"x": 0, "y": 0, "width": 0, "height": 1}}),
+            "options.clip.width",
+        );
+        bad(
+            json!({"clip": {"x": 0, "y": 0, "width": 7680, "height": 7681}}),
+            "options.clip",
+        );
+        bad(
+            json!({"clip": {"x": 0, "y": 0, "width": 1, "height": 1}, "full_page": true}),
+            "options.clip",
+        );
+        bad(
+            json!({"clip": {"x": 0, "y": 0, "width": 1}}),
+            "options.clip.height",
+        );
+        bad(
+            json!({"omit_background": true, "format": "jpeg"}),
+            "options.omit_background",
+        );
+        ok(json!({"omit_background": true, "format": "webp"}));
+        bad(json!({"scroll_step": 500}), "options.scroll_step");
+        bad(
+            json!({"scroll_page": true, "scroll_step": 99}),
+            "options.scroll_step",
+        );
+        bad(
+            json!({"scroll_page": true, "scroll_step": 10001}),
+            "options.scroll_step",
+        );
+        bad(json!({"scroll_delay_ms": 2001}), "options.scroll_delay_ms");
+        bad(
+            json!({"wait_for_selector_state": "hidden"}),
+            "options.wait_for_selector_state",
+        );
+        bad(
+            json!({"wait_for_selector": "a\nb"}),
+            "options.wait_for_selector",
+        );
+        bad(
+            json!({"wait_for_selector": "a", "wait_for_selector_state": "gone"}),
+            "options.wait_for_selector_state",
+        );
+        ok(json!({"wait_for_expression": "a &&\n b"}));
+        bad(
+            json!({"wait_for_expression": "x".repeat(2049)}),
+            "options.wait_for_expression",
+        );
+        bad(json!({"network_idle_ms": 1000}), "options.network_idle_ms");
+        bad(
+            json!({"wait_for": "network_idle", "network_idle_ms": 99}),
+            "options.network_idle_ms",
+        );
+        ok(json!({"wait_for": "network_idle", "network_idle_ms": 10000}));
+        bad(
+            json!({"hide_selectors": vec!["a"; 33]}),
+            "options.hide_selectors",
+        );
+        bad(
+            json!({"hide_selectors": ["a", " "]}),
+            "options.hide_selectors[1]",
+        );
+        bad(json!({"css": "a".repeat(8193)}), "options.css");
+        bad(
+            json!({"block_resources": ["images"]}),
+            "options.block_resources[0]",
+        );
+        bad(json!({"block_urls": ["***"]}), "options.block_urls[0]");
+        bad(json!({"device": "nokia_3310"}), "options.device");
+        bad(
+            json!({"device": "iphone_15", "width": 500}),
+            "options.width",
+        );
+        bad(
+            json!({"device": "iphone_15", "touch": true}),
+            "options.touch",
+        );
+        bad(json!({"landscape": true}), "options.landscape");
+        bad(json!({"timezone": "../../etc"}), "options.timezone");
+        bad(json!({"locale": "en US"}), "options.locale");
+        bad(
+            json!({"accept_language": "en\r\nX: y"}),
+            "options.accept_language",
+        );
+        bad(json!({"user_agent": "a".repeat(513)}), "options.user_agent");
+        bad(
+            json!({"geolocation": {"latitude": 91, "longitude": 0}}),
+            "options.geolocation.latitude",
+        );
+        bad(json!({"headers": {"Host": "x"}}), "options.headers.Host");
+        bad(
+            json!({"header_hosts": ["a.example"]}),
+            "options.header_hosts",
+        );
+        bad(
+            json!({"headers": {"X-A": "1"}, "header_hosts": ["a b"]}),
+            "options.header_hosts[0]",
+        );
+        bad(
+            json!({"cookies": [{"name": "a", "value": "b", "colour": 1}]}),
+            "options.cookies[0].colour",
+        );
+        bad(
+            json!({"cookies": [{"name": "a;b", "value": "c"}]}),
+            "options.cookies[0].name",
+        );
+    }
+
+    #[test]
+    fn a_device_sets_the_viewport_and_the_pixel_limit_counts_it() {
+        let o = RenderOptions {
+            device: Some("iphone_15".into()),
+            landscape: true,
+            ..RenderOptions::default()
+        };
+        let view = o.viewport();
+        assert_eq!((view.width, view.height, view.scale), (852, 393, 3.0));
+        assert!(view.mobile && view.touch);
+        assert_eq!(o.user_agent_option(), Some("iphone"));
+        let pixels_per_row = device_pixels(852, 3.0);
+        let rows = device_pixels(o.full_page_height_limit(), 3.0);
+        assert!(pixels_per_row * rows <= MAX_OUTPUT_PIXELS);
+        let own = RenderOptions {
+            user_agent: Some("Bot/1".into()),
+            ..o
+        };
+        assert_eq!(own.user_agent_option(), Some("Bot/1"));
+    }
+
+    #[test]
+    fn a_job_too_large_as_a_message_is_refused() {
+        let mut job = JobMessage::new("https://example.com/", RenderOptions::default());
+        job.options.css = Some("a".repeat(opt::CSS_MAX_BYTES));
+        job.options.script = Some("b".repeat(opt::SCRIPT_MAX_BYTES));
+        job.options.headers = (0..opt::HEADERS_MAX)
+            .map(|i| (format!("X-H{i}"), "v".repeat(1000)))
+            .collect();
+        let e = job.validate().unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
     }
 }

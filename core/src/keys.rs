@@ -114,6 +114,12 @@ pub enum FailureReason {
     /// The wait condition never held (the selector never matched, the
     /// network never went quiet) within the timeout, in every attempt.
     WaitFailed,
+    /// The element to capture (`selector`) was not in the page, or had no
+    /// box, when the page was ready.
+    ElementNotFound,
+    /// The job's `script` threw, or its `wait_for_expression` is not
+    /// valid JavaScript; `detail` has the exception.
+    ScriptError,
     /// Chromium could not capture or encode the image.
     RenderFailed,
     /// The browser or the page's renderer crashed in every attempt.
@@ -125,7 +131,7 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::InvalidMessage,
         Self::UnsupportedVersion,
         Self::BlockedByPolicy,
@@ -136,6 +142,8 @@ impl FailureReason {
         Self::HttpError,
         Self::Timeout,
         Self::WaitFailed,
+        Self::ElementNotFound,
+        Self::ScriptError,
         Self::RenderFailed,
         Self::BrowserCrashed,
         Self::AttemptsExhausted,
@@ -154,6 +162,8 @@ impl FailureReason {
             Self::HttpError => "http_error",
             Self::Timeout => "timeout",
             Self::WaitFailed => "wait_failed",
+            Self::ElementNotFound => "element_not_found",
+            Self::ScriptError => "script_error",
             Self::RenderFailed => "render_failed",
             Self::BrowserCrashed => "browser_crashed",
             Self::AttemptsExhausted => "attempts_exhausted",

@@ -18,6 +18,7 @@ pub mod job;
 pub mod keys;
 #[cfg(feature = "runtime")]
 pub mod ops;
+pub mod options;
 pub mod policy;
 #[cfg(feature = "runtime")]
 pub mod shutdown;

@@ -15,6 +15,55 @@ use axum::response::{IntoResponse, Response};
 use crate::api::ApiError;
 use crate::sender::Handoff;
 
+/// Who may submit jobs that run their own JavaScript in the page
+/// (`script`, `wait_for_expression`): such code runs with the page's
+/// privileges, so it is off unless the operator turns it on.
+#[derive(Debug, Default)]
+pub enum Scripts {
+    /// Nobody.
+    #[default]
+    Off,
+    /// Every client that may submit.
+    All,
+    /// Requests carrying one of these bearer tokens.
+    Keys(Vec<Vec<u8>>),
+}
+
+impl Scripts {
+    /// From `URL2PNG_ALLOW_SCRIPTS` (`false`, `true`) and
+    /// `URL2PNG_SCRIPT_API_KEYS` (the keys that may, comma-separated).
+    pub fn new(all: bool, keys: &str) -> Self {
+        let keys: Vec<Vec<u8>> = keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
+        match (all, keys.is_empty()) {
+            (true, _) => Self::All,
+            (false, false) => Self::Keys(keys),
+            (false, true) => Self::Off,
+        }
+    }
+
+    /// Whether a request with these headers may run scripts.
+    pub fn allowed(&self, headers: &axum::http::HeaderMap) -> bool {
+        match self {
+            Self::Off => false,
+            Self::All => true,
+            Self::Keys(keys) => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|token| {
+                    keys.iter().fold(false, |found, key| {
+                        found | constant_time_eq(key, token.trim().as_bytes())
+                    })
+                }),
+        }
+    }
+}
+
 /// Access settings, shared by the middleware.
 #[derive(Debug)]
 pub struct Access {

@@ -49,6 +49,33 @@ pub struct AppState {
     pub id_secret: Vec<u8>,
     /// The queue's message retention: how long a job may stay pending.
     pub retention: Duration,
+    /// Who may submit jobs with scripts.
+    pub scripts: crate::access::Scripts,
+}
+
+/// A job from a request's value, checked as [`job_from_value`] does and
+/// for whether this client may run scripts.
+fn admit(state: &AppState, headers: &HeaderMap, value: Value) -> Result<JobMessage, ApiError> {
+    let job = job_from_value(value, &state.policy, &state.id_secret)?;
+    if job.options.uses_scripts() && !state.scripts.allowed(headers) {
+        let field = if job.options.script.is_some() {
+            "script"
+        } else {
+            "wait_for_expression"
+        };
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "scripts_not_allowed".into(),
+            message: format!(
+                "{field} runs JavaScript in the page, which this service allows only for \
+                 the API keys its operator named (URL2PNG_SCRIPT_API_KEYS) or for everyone \
+                 (URL2PNG_ALLOW_SCRIPTS)"
+            ),
+            field: Some(field.into()),
+            retry_after: None,
+        });
+    }
+    Ok(job)
 }
 
 /// An API error, as `{"error": {"code", "message", "field"}}`.
@@ -439,7 +466,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let job = job_from_value(parse_body(&headers, body)?, &state.policy, &state.id_secret)?;
+    let job = admit(&state, &headers, parse_body(&headers, body)?)?;
     state
         .sender
         .send(job.clone(), &handoff_of(handoff))
@@ -514,11 +541,12 @@ pub async fn submit_batch(
             )
         });
     }
+    let headers = &headers;
     let sends = jobs.into_iter().map(|value| {
         let state = state.clone();
         let handoff = handoff.clone();
         async move {
-            let job = match job_from_value(value, &state.policy, &state.id_secret) {
+            let job = match admit(&state, headers, value) {
                 Ok(job) => job,
                 Err(e) => return BatchItem::refused(&e),
             };

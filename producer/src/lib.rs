@@ -98,6 +98,21 @@ pub struct Config {
     )]
     pub api_keys: String,
 
+    /// Let every client submit jobs with their own JavaScript (`script`,
+    /// `wait_for_expression`), which runs with the page's privileges.
+    #[arg(long, env = "URL2PNG_ALLOW_SCRIPTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_scripts: bool,
+
+    /// API keys whose requests may submit jobs with JavaScript,
+    /// comma-separated (with `URL2PNG_ALLOW_SCRIPTS` off).
+    #[arg(
+        long,
+        env = "URL2PNG_SCRIPT_API_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub script_api_keys: String,
+
     /// Requests per client per minute on the API (0: no limit).
     #[arg(long, env = "URL2PNG_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
     pub rate_limit_per_minute: u32,
@@ -267,6 +282,7 @@ impl Producer {
             sender,
             id_secret: config.ids.id_secret.as_bytes().to_vec(),
             retention,
+            scripts: crate::access::Scripts::new(config.allow_scripts, &config.script_api_keys),
             s3: clients.s3.clone(),
             bucket: config.store.bucket.clone(),
             layout: config.store.layout().map_err(anyhow::Error::msg)?,

@@ -131,6 +131,12 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_ACCEPT_INVALID_CERTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub accept_invalid_certs: bool,
 
+    /// Run jobs' own JavaScript (`script`, `wait_for_expression`). The
+    /// producer decides which clients may submit such jobs; a worker with
+    /// this off fails them with `invalid_message`.
+    #[arg(long, env = "URL2PNG_ALLOW_SCRIPTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_scripts: bool,
+
     /// Address of `/healthz` and `/metrics`.
     #[arg(long, env = "URL2PNG_WORKER_LISTEN", default_value = "127.0.0.1:9091", value_parser = parse_addr)]
     pub listen: SocketAddr,

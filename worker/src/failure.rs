@@ -5,7 +5,7 @@
 //! its last attempt [`JobFailure::last_attempt`] says what the record
 //! reads).
 
-use url2png_core::job::{ContractError, ErrorCode, WaitFor};
+use url2png_core::job::{ContractError, ErrorCode};
 use url2png_core::keys::{FailureReason, Phase};
 use url2png_core::policy::PolicyError;
 
@@ -56,6 +56,15 @@ impl JobFailure {
         Self::new(reason, false, error.to_string())
     }
 
+    /// The job has JavaScript of its own and this worker runs none.
+    pub fn scripts_off() -> Self {
+        Self::new(
+            FailureReason::InvalidMessage,
+            false,
+            "The job runs JavaScript in the page (script or wait_for_expression) and this worker does not allow it (URL2PNG_ALLOW_SCRIPTS).",
+        )
+    }
+
     /// The URL policy refused the job's URL before any browser saw it.
     pub fn policy(error: &PolicyError) -> Self {
         let mut failure = Self::new(
@@ -81,17 +90,12 @@ impl JobFailure {
 
     /// The job's time ran out in `phase`. Out of time while waiting for a
     /// condition, the condition never held.
-    pub fn timeout(phase: Phase, wait_for: &WaitFor, budget_ms: u128) -> Self {
-        let mut failure = match (phase, wait_for) {
-            (Phase::Wait, WaitFor::Selector(selector)) => Self::new(
+    pub fn timeout(phase: Phase, waiting_for: Option<&str>, budget_ms: u128) -> Self {
+        let mut failure = match (phase, waiting_for) {
+            (Phase::Wait, Some(what)) => Self::new(
                 FailureReason::WaitFailed,
                 true,
-                format!("No element matched `{selector}` within {budget_ms} ms."),
-            ),
-            (Phase::Wait, WaitFor::NetworkIdle) => Self::new(
-                FailureReason::WaitFailed,
-                true,
-                format!("The page's network did not go quiet within {budget_ms} ms."),
+                format!("Waited for {what}; it did not happen within the job's {budget_ms} ms."),
             ),
             (phase, _) => Self::new(
                 FailureReason::Timeout,
@@ -167,6 +171,22 @@ impl JobFailure {
                 false,
                 format!("`{selector}` is not a valid CSS selector."),
             ),
+            RenderError::InvalidOption { .. } => {
+                Self::new(FailureReason::InvalidMessage, false, text)
+            }
+            RenderError::ElementNotFound { selector, why } => Self::new(
+                FailureReason::ElementNotFound,
+                false,
+                format!(
+                    "No element to capture: `{selector}` ({why}). To wait for it, add wait_for_selector."
+                ),
+            ),
+            RenderError::Script { what, text } => Self::new(
+                FailureReason::ScriptError,
+                false,
+                format!("The job's {what} threw an exception."),
+            )
+            .detail(text.clone()),
             RenderError::Crashed => Self::new(
                 FailureReason::BrowserCrashed,
                 true,
@@ -450,21 +470,25 @@ mod tests {
 
     #[test]
     fn timeouts_say_their_phase_and_waits_that_never_held_fail_the_wait() {
-        let f = JobFailure::timeout(Phase::Navigation, &WaitFor::Load, 500);
+        let f = JobFailure::timeout(Phase::Navigation, None, 500);
         assert_eq!(
             (f.reason, f.phase, f.retryable),
             (FailureReason::Timeout, Some(Phase::Navigation), true)
         );
-        let f = JobFailure::timeout(Phase::Wait, &WaitFor::Selector("#x".into()), 500);
+        let f = JobFailure::timeout(Phase::Wait, Some("`#x` to be visible"), 500);
         assert_eq!(f.reason, FailureReason::WaitFailed);
         assert!(f.message.contains("#x"));
-        let f = JobFailure::timeout(Phase::Capture, &WaitFor::Selector("#x".into()), 500);
+        // Out of time in the wait phase but not waiting for a condition (in
+        // the delay): a timeout, not a wait that failed.
+        let f = JobFailure::timeout(Phase::Wait, None, 500);
+        assert_eq!(f.reason, FailureReason::Timeout);
+        let f = JobFailure::timeout(Phase::Capture, Some("`#x` to be visible"), 500);
         assert_eq!(f.reason, FailureReason::Timeout);
     }
 
     #[test]
     fn the_last_attempt_keeps_a_telling_reason_and_sums_up_the_rest() {
-        let timeout = JobFailure::timeout(Phase::Navigation, &WaitFor::Load, 500).last_attempt();
+        let timeout = JobFailure::timeout(Phase::Navigation, None, 500).last_attempt();
         assert_eq!(
             (timeout.reason, timeout.retryable),
             (FailureReason::Timeout, false)

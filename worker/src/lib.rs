@@ -20,11 +20,13 @@ pub mod config;
 pub mod egress;
 pub mod failure;
 pub mod heartbeat;
+pub mod in_page;
 pub mod metrics;
 pub mod pool;
 pub mod process;
 pub mod receive;
 pub mod render;
+pub mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,6 +206,7 @@ impl Worker {
             attempts: attempts.clone(),
             rendering: Arc::default(),
             renders: Arc::new(Semaphore::new(config.concurrency())),
+            allow_scripts: config.allow_scripts,
         });
         let state = Arc::new(ReceiveState::default());
         let jobs = TaskTracker::new();

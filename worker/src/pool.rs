@@ -378,9 +378,16 @@ async fn open_page(inner: &Arc<Inner>, slot: &Arc<Slot>) -> Result<Opened, Strin
             cdp_timeout: timeout,
             navigation_timeout: inner.config.navigation_timeout,
         };
-        Tab::start(cdp.clone(), target, session, events, settings)
-            .await
-            .map_err(|e| format!("setting up a page: {e}"))
+        Tab::start(
+            cdp.clone(),
+            context.clone(),
+            target,
+            session,
+            events,
+            settings,
+        )
+        .await
+        .map_err(|e| format!("setting up a page: {e}"))
     }
     .await;
     match opened {

@@ -64,6 +64,8 @@ pub struct Ctx {
     /// One permit per job that may render at once (the concurrency); the
     /// prefetched jobs beyond it wait here for a page.
     pub renders: Arc<tokio::sync::Semaphore>,
+    /// Whether jobs may run their own JavaScript.
+    pub allow_scripts: bool,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
@@ -244,6 +246,21 @@ async fn attempt(
     };
     let key = ctx.layout.image(job.id, job.options.format);
 
+    if job.options.uses_scripts() && !ctx.allow_scripts {
+        if already_failed(ctx, id).await {
+            return Outcome::Done("duplicate");
+        }
+        tracing::info!("job with a script refused: scripts are off");
+        return store_failure(
+            ctx,
+            job.id,
+            Some(job.url.clone()),
+            JobFailure::scripts_off(),
+            receive_count,
+        )
+        .await;
+    }
+
     // The first layer of the URL policy, before any browser is involved.
     // The egress guard checks again at connect time, on what the name
     // resolves to then.
@@ -302,13 +319,7 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, JobFailure>
     // Slots outnumber pages by the prefetch: a job may wait for the jobs
     // ahead of it, as long as a render may take.
     let wait = ctx.render_timeout.max(ctx.cdp_timeout * 3);
-    let no_page = || {
-        JobFailure::timeout(
-            url2png_core::keys::Phase::Page,
-            &job.options.wait_for,
-            wait.as_millis(),
-        )
-    };
+    let no_page = || JobFailure::timeout(url2png_core::keys::Phase::Page, None, wait.as_millis());
     let _render = match tokio::time::timeout(wait, ctx.renders.clone().acquire_owned()).await {
         Ok(Ok(permit)) => permit,
         _ => return Err(no_page()),
@@ -335,7 +346,7 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, JobFailure>
         Err(_) if !lease.browser_alive() => Err(JobFailure::browser_died()),
         Err(_) => Err(JobFailure::timeout(
             lease.tab().phase(),
-            &job.options.wait_for,
+            lease.tab().waiting_for().as_deref(),
             budget.as_millis(),
         )),
         Ok(Err(e)) => {
@@ -424,6 +435,9 @@ async fn store_image(
         .metadata("render-ms", render_time.as_millis().to_string());
     if let Some(status) = rendered.status {
         request = request.metadata("http-status", status.to_string());
+    }
+    if rendered.blocked_requests > 0 {
+        request = request.metadata("blocked-requests", rendered.blocked_requests.to_string());
     }
     // A large image may take longer to upload than a small call to answer.
     let timeouts =

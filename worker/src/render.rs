@@ -22,31 +22,46 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::cdp::browser_protocol::browser::{
+    BrowserContextId, GetVersionParams, PermissionDescriptor, PermissionSetting,
+    SetPermissionParams,
+};
+use chromiumoxide::cdp::browser_protocol::dom::Rgba;
+use chromiumoxide::cdp::browser_protocol::emulation::{
+    MediaFeature, SetDefaultBackgroundColorOverrideParams, SetDeviceMetricsOverrideParams,
+    SetEmulatedMediaParams, SetGeolocationOverrideParams, SetLocaleOverrideParams,
+    SetTimezoneOverrideParams, SetTouchEmulationEnabledParams, SetUserAgentOverrideParams,
+};
 use chromiumoxide::cdp::browser_protocol::fetch::{
     self, AuthChallengeResponse, AuthChallengeResponseResponse, ContinueWithAuthParams,
     EventAuthRequired, EventRequestPaused, RequestStage,
 };
 use chromiumoxide::cdp::browser_protocol::inspector::{self, EventTargetCrashed};
 use chromiumoxide::cdp::browser_protocol::network::{
-    self, ErrorReason, EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, RequestId,
-    ResourceType,
+    self, CookieParam, CookieSameSite, ErrorReason, EventLoadingFailed, EventLoadingFinished,
+    EventRequestWillBeSent, RequestId, ResourceType, SetCookiesParams,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     self, CaptureScreenshotFormat, CaptureScreenshotParams, DialogType, EventFrameNavigated,
     EventJavascriptDialogOpening, EventLifecycleEvent, GetLayoutMetricsParams,
-    HandleJavaScriptDialogParams, NavigateParams, SetLifecycleEventsEnabledParams, Viewport,
+    HandleJavaScriptDialogParams, NavigateParams, SetBypassCspParams,
+    SetLifecycleEventsEnabledParams, Viewport,
 };
 use chromiumoxide::cdp::browser_protocol::target::{SessionId, TargetId};
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::types::Command;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-use url2png_core::job::{ImageFormat, RenderOptions, WaitFor};
+use url2png_core::job::{
+    ColorScheme, ImageFormat, MediaType, RenderOptions, SameSite, SelectorState, WaitFor,
+};
 use url2png_core::keys::Phase;
 use url2png_core::policy::UrlPolicy;
 
 use crate::cdp::{Cdp, CdpError, Event, Events};
 use crate::egress::Unreached;
+use crate::in_page::{self, Evaluated};
+use crate::rules::{RequestRules, Verdict};
 
 /// The image and what is known about it.
 #[derive(Debug, Clone)]
@@ -59,6 +74,8 @@ pub struct Rendered {
     pub truncated: bool,
     /// HTTP status of the main document, when it came over HTTP.
     pub status: Option<u16>,
+    /// Sub-resources the job's own rules kept from loading.
+    pub blocked_requests: u32,
 }
 
 /// Why a render did not produce an image.
@@ -86,9 +103,22 @@ pub enum RenderError {
     /// The page asks for credentials; a job has none to give.
     #[error("the page asks for credentials")]
     AuthRequired,
-    /// The wait selector is not valid CSS.
+    /// A selector of the job is not valid CSS.
     #[error("invalid selector: {0}")]
     InvalidSelector(String),
+    /// Chromium refused an option's value (an unknown time zone or
+    /// locale).
+    #[error("options.{field}: {message}")]
+    InvalidOption {
+        field: &'static str,
+        message: String,
+    },
+    /// The element to capture is not in the page, or has no box.
+    #[error("no element to capture matches `{selector}` ({why})")]
+    ElementNotFound { selector: String, why: &'static str },
+    /// The job's script or wait expression threw; `what` names the option.
+    #[error("options.{what} threw: {text}")]
+    Script { what: &'static str, text: String },
     /// The page's renderer crashed (or was killed).
     #[error("the page's renderer crashed")]
     Crashed,
@@ -242,6 +272,8 @@ struct Document {
 pub struct Tab {
     cdp: Cdp,
     session: SessionId,
+    /// The target's own browser context.
+    context: BrowserContextId,
     /// The target's id, which is also its main frame's id.
     target: TargetId,
     settings: TabSettings,
@@ -254,6 +286,10 @@ pub struct Tab {
     /// Where the current render is, for a timeout to say (a [`Phase`]
     /// index).
     phase: std::sync::atomic::AtomicU8,
+    /// What the render is waiting for, while it waits.
+    waiting: Mutex<Option<String>>,
+    /// The job's own rules for its requests, which the pump applies.
+    rules: Arc<std::sync::RwLock<Option<Arc<RequestRules>>>>,
     pump: tokio::task::JoinHandle<()>,
 }
 
@@ -273,6 +309,7 @@ impl Tab {
     /// are pipelined: one round trip in all.
     pub async fn start(
         cdp: Cdp,
+        context: BrowserContextId,
         target: TargetId,
         session: SessionId,
         events: Events,
@@ -318,6 +355,7 @@ impl Tab {
         let (forward, forwarded) = mpsc::unbounded_channel();
         let document = Arc::new(Mutex::new(Document::default()));
         let network = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rules = Arc::new(std::sync::RwLock::new(None));
         let pump = tokio::spawn(pump(
             cdp.clone(),
             session.clone(),
@@ -326,19 +364,32 @@ impl Tab {
             settings.check.clone(),
             document.clone(),
             network.clone(),
+            rules.clone(),
             forward,
         ));
         Ok(Self {
             cdp,
             session,
+            context,
             target,
             settings,
             events: tokio::sync::Mutex::new(forwarded),
             document,
             network,
             phase: std::sync::atomic::AtomicU8::new(0),
+            waiting: Mutex::new(None),
+            rules,
             pump,
         })
+    }
+
+    /// What the render was waiting for when it stopped, if it was waiting.
+    pub fn waiting_for(&self) -> Option<String> {
+        self.waiting.lock().expect("waiting").clone()
+    }
+
+    fn wait_on(&self, what: Option<String>) {
+        *self.waiting.lock().expect("waiting") = what;
     }
 
     /// The phase the latest render reached.
@@ -373,31 +424,10 @@ impl Tab {
         url: &str,
         options: &RenderOptions,
     ) -> Result<Rendered, RenderError> {
-        let timeout = self.settings.cdp_timeout;
         self.enter(Phase::Navigation);
+        self.wait_on(None);
         let mut events = self.events.lock().await;
-        let metrics = self.call(
-            "Emulation.setDeviceMetricsOverride",
-            SetDeviceMetricsOverrideParams::new(
-                i64::from(options.width),
-                i64::from(options.height),
-                options.device_scale_factor,
-                false,
-            ),
-            timeout,
-        );
-        if matches!(options.wait_for, WaitFor::NetworkIdle) {
-            self.network
-                .store(true, std::sync::atomic::Ordering::Release);
-            let (metrics, network) = futures::join!(
-                metrics,
-                self.call("Network.enable", network::EnableParams::default(), timeout)
-            );
-            metrics?;
-            network?;
-        } else {
-            metrics.await?;
-        }
+        self.prepare(url, options).await?;
 
         let navigation = self
             .call(
@@ -482,21 +512,389 @@ impl Tab {
         }
 
         self.enter(Phase::Wait);
+        if !options.hide_selectors.is_empty() || options.css.is_some() {
+            self.add_style(options).await?;
+        }
+        if let Some(script) = &options.script {
+            self.wait_on(Some("the job's script to finish".into()));
+            match self
+                .evaluate("Runtime.evaluate", in_page::script(script))
+                .await?
+            {
+                Evaluated::Value(_) => {}
+                Evaluated::Threw { text, .. } => {
+                    return Err(RenderError::Script {
+                        what: "script",
+                        text,
+                    });
+                }
+            }
+        }
         match &options.wait_for {
             WaitFor::Load => {}
-            WaitFor::NetworkIdle => network.wait(&mut events).await,
-            WaitFor::Selector(selector) => self.wait_for_selector(selector).await?,
+            WaitFor::NetworkIdle => {
+                self.wait_on(Some(format!(
+                    "{} ms without a network request",
+                    options.network_idle_ms
+                )));
+                network
+                    .wait(
+                        &mut events,
+                        Duration::from_millis(options.network_idle_ms.into()),
+                    )
+                    .await;
+            }
+            WaitFor::Selector(selector) => {
+                self.wait_for_selector(selector, SelectorState::Attached)
+                    .await?;
+            }
         }
         drop(events);
+        if let Some(selector) = &options.wait_for_selector {
+            self.wait_for_selector(selector, options.wait_for_selector_state)
+                .await?;
+        }
+        if let Some(expression) = &options.wait_for_expression {
+            self.wait_for_expression(expression).await?;
+        }
+        if options.scroll_page {
+            self.wait_on(Some("the pre-scroll to reach the bottom".into()));
+            let view = options.viewport();
+            let step = options.scroll_step.unwrap_or(view.height).max(1);
+            let pause = Duration::from_millis(options.scroll_delay_ms.into());
+            let limit = options.full_page_height_limit();
+            if let Evaluated::Threw { text, .. } = self
+                .evaluate("Runtime.evaluate", in_page::scroll(step, pause, limit))
+                .await?
+            {
+                return Err(RenderError::Cdp("Runtime.evaluate", text));
+            }
+        }
+        self.wait_on(None);
         if options.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(options.delay_ms.into())).await;
         }
 
         self.enter(Phase::Capture);
+        let blocked = self
+            .rules
+            .read()
+            .expect("rules")
+            .as_ref()
+            .map_or(0, |r| r.blocked());
         self.capture(options).await.map(|mut r| {
             r.status = status;
+            r.blocked_requests = blocked;
             r
         })
+    }
+
+    /// Set the page up as the job asks before it loads: the viewport and
+    /// every emulation, cookies, and the job's request rules. The calls are
+    /// sent at once and answered together.
+    async fn prepare(&self, url: &str, options: &RenderOptions) -> Result<(), RenderError> {
+        let timeout = self.settings.cdp_timeout;
+        let view = options.viewport();
+        let mut calls: Vec<BoxFuture<'_, Result<(), RenderError>>> = Vec::new();
+        let mut metrics = SetDeviceMetricsOverrideParams::new(
+            i64::from(view.width),
+            i64::from(view.height),
+            view.scale,
+            view.mobile,
+        );
+        if options.landscape {
+            metrics.screen_orientation =
+                Some(chromiumoxide::cdp::browser_protocol::emulation::ScreenOrientation::new(
+                    chromiumoxide::cdp::browser_protocol::emulation::ScreenOrientationType::LandscapePrimary,
+                    90,
+                ));
+        }
+        calls.push(self.unit("Emulation.setDeviceMetricsOverride", metrics, timeout));
+        if matches!(options.wait_for, WaitFor::NetworkIdle) {
+            self.network
+                .store(true, std::sync::atomic::Ordering::Release);
+            calls.push(self.unit("Network.enable", network::EnableParams::default(), timeout));
+        }
+        if view.touch {
+            calls.push(self.unit(
+                "Emulation.setTouchEmulationEnabled",
+                SetTouchEmulationEnabledParams {
+                    enabled: true,
+                    max_touch_points: Some(5),
+                },
+                timeout,
+            ));
+        }
+        let user_agent = options.user_agent_option();
+        if user_agent.is_some() || options.accept_language.is_some() {
+            let version = self
+                .cdp
+                .call(None, GetVersionParams::default(), timeout)
+                .await
+                .map_err(|e| RenderError::from_cdp("Browser.getVersion", e))?;
+            let major = version
+                .product
+                .split('/')
+                .nth(1)
+                .and_then(|v| v.split('.').next())
+                .unwrap_or_default()
+                .to_owned();
+            let user_agent = user_agent.map_or(version.user_agent, |ua| {
+                url2png_core::options::user_agent(ua, &major)
+            });
+            calls.push(self.unit(
+                "Emulation.setUserAgentOverride",
+                SetUserAgentOverrideParams {
+                    user_agent,
+                    accept_language: options.accept_language.clone(),
+                    platform: None,
+                    user_agent_metadata: None,
+                },
+                timeout,
+            ));
+        }
+        if let Some(locale) = &options.locale {
+            calls.push(self.option(
+                "locale",
+                "Emulation.setLocaleOverride",
+                SetLocaleOverrideParams {
+                    locale: Some(locale.clone()),
+                },
+            ));
+        }
+        if let Some(zone) = &options.timezone {
+            calls.push(self.option(
+                "timezone",
+                "Emulation.setTimezoneOverride",
+                SetTimezoneOverrideParams::new(zone.clone()),
+            ));
+        }
+        if let Some(g) = &options.geolocation {
+            calls.push(self.unit(
+                "Emulation.setGeolocationOverride",
+                SetGeolocationOverrideParams {
+                    latitude: Some(g.latitude),
+                    longitude: Some(g.longitude),
+                    accuracy: Some(g.accuracy),
+                    altitude: None,
+                    altitude_accuracy: None,
+                    heading: None,
+                    speed: None,
+                },
+                timeout,
+            ));
+            let permission = SetPermissionParams {
+                permission: PermissionDescriptor::new("geolocation"),
+                setting: PermissionSetting::Granted,
+                origin: None,
+                embedded_origin: None,
+                browser_context_id: Some(self.context.clone()),
+            };
+            calls.push(Box::pin(async move {
+                self.cdp
+                    .call(None, permission, timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| RenderError::from_cdp("Browser.setPermission", e))
+            }));
+        }
+        let mut features = Vec::new();
+        if let Some(scheme) = options.color_scheme {
+            let value = match scheme {
+                ColorScheme::Light => "light",
+                ColorScheme::Dark => "dark",
+            };
+            features.push(MediaFeature::new("prefers-color-scheme", value));
+        }
+        if options.reduced_motion {
+            features.push(MediaFeature::new("prefers-reduced-motion", "reduce"));
+        }
+        if !features.is_empty() || options.media.is_some() {
+            let media = options.media.map(|m| match m {
+                MediaType::Screen => "screen".to_owned(),
+                MediaType::Print => "print".to_owned(),
+            });
+            calls.push(self.unit(
+                "Emulation.setEmulatedMedia",
+                SetEmulatedMediaParams {
+                    media,
+                    features: (!features.is_empty()).then_some(features),
+                },
+                timeout,
+            ));
+        }
+        if options.omit_background {
+            calls.push(self.unit(
+                "Emulation.setDefaultBackgroundColorOverride",
+                SetDefaultBackgroundColorOverrideParams {
+                    color: Some(Rgba {
+                        r: 0,
+                        g: 0,
+                        b: 0,
+                        a: Some(0.0),
+                    }),
+                },
+                timeout,
+            ));
+        }
+        if !options.hide_selectors.is_empty() || options.css.is_some() {
+            // The job's styles are its own, not the page's: the page's
+            // content security policy does not keep them out.
+            calls.push(self.unit("Page.setBypassCSP", SetBypassCspParams::new(true), timeout));
+        }
+        if !options.cookies.is_empty() {
+            let cookies = options
+                .cookies
+                .iter()
+                .map(|c| CookieParam {
+                    name: c.name.clone(),
+                    value: c.value.clone(),
+                    url: c.domain.is_none().then(|| url.to_owned()),
+                    domain: c.domain.clone(),
+                    path: c.path.clone(),
+                    secure: c.secure.then_some(true),
+                    http_only: c.http_only.then_some(true),
+                    same_site: c.same_site.map(|s| match s {
+                        SameSite::Strict => CookieSameSite::Strict,
+                        SameSite::Lax => CookieSameSite::Lax,
+                        SameSite::None => CookieSameSite::None,
+                    }),
+                    expires: None,
+                    priority: None,
+                    same_party: None,
+                    source_scheme: None,
+                    source_port: None,
+                    partition_key: None,
+                })
+                .collect();
+            calls.push(self.option(
+                "cookies",
+                "Network.setCookies",
+                SetCookiesParams::new(cookies),
+            ));
+        }
+        if let Some(rules) = RequestRules::new(options, url) {
+            *self.rules.write().expect("rules") = Some(Arc::new(rules));
+            // Every request pauses: the rules are decided here, by the
+            // same matcher the tests check, not by Chromium's patterns.
+            let patterns = vec![
+                fetch::RequestPattern {
+                    url_pattern: Some("*".into()),
+                    resource_type: None,
+                    request_stage: Some(RequestStage::Request),
+                },
+                fetch::RequestPattern {
+                    url_pattern: Some("*".into()),
+                    resource_type: Some(ResourceType::Document),
+                    request_stage: Some(RequestStage::Response),
+                },
+            ];
+            calls.push(self.unit(
+                "Fetch.enable",
+                fetch::EnableParams {
+                    patterns: Some(patterns),
+                    handle_auth_requests: Some(true),
+                },
+                timeout,
+            ));
+        }
+        futures::future::try_join_all(calls).await.map(|_| ())
+    }
+
+    /// A call whose answer carries nothing the render needs.
+    fn unit<C: Command + Send + 'static>(
+        &self,
+        name: &'static str,
+        command: C,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), RenderError>>
+    where
+        C::Response: Send,
+    {
+        Box::pin(async move { self.call(name, command, timeout).await.map(|_| ()) })
+    }
+
+    /// A call Chromium may refuse for the value of the job's `field` (an
+    /// unknown time zone or locale, a cookie it will not set): then the
+    /// job is wrong, not the browser.
+    fn option<C: Command + Send + 'static>(
+        &self,
+        field: &'static str,
+        name: &'static str,
+        command: C,
+    ) -> BoxFuture<'_, Result<(), RenderError>>
+    where
+        C::Response: Send,
+    {
+        let timeout = self.settings.cdp_timeout;
+        Box::pin(async move {
+            match self
+                .cdp
+                .call(Some(self.session.as_ref()), command, timeout)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(CdpError::Protocol { message, .. }) => {
+                    Err(RenderError::InvalidOption { field, message })
+                }
+                Err(e) => Err(RenderError::from_cdp(name, e)),
+            }
+        })
+    }
+
+    /// Evaluate in the page, bounded by the job's timeout (the caller's).
+    async fn evaluate(
+        &self,
+        name: &'static str,
+        params: Result<EvaluateParams, String>,
+    ) -> Result<Evaluated, RenderError> {
+        let params = params.map_err(|e| RenderError::Cdp(name, e))?;
+        Ok(self
+            .call(name, params, self.settings.navigation_timeout)
+            .await?
+            .into())
+    }
+
+    /// Add the job's stylesheet: its hidden selectors and its CSS.
+    async fn add_style(&self, options: &RenderOptions) -> Result<(), RenderError> {
+        let css = options.css.as_deref().unwrap_or_default();
+        match self
+            .evaluate(
+                "Runtime.evaluate",
+                in_page::style(&options.hide_selectors, css),
+            )
+            .await?
+        {
+            Evaluated::Value(v) if v == "ok" => Ok(()),
+            Evaluated::Value(serde_json::Value::String(s)) if s.starts_with("invalid:") => Err(
+                RenderError::InvalidSelector(s["invalid:".len()..].to_owned()),
+            ),
+            other => Err(RenderError::Cdp(
+                "Runtime.evaluate",
+                format!("adding the job's styles answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Poll the job's expression until it is truthy. A syntax error fails
+    /// at once; any other exception counts as "not yet".
+    async fn wait_for_expression(&self, expression: &str) -> Result<(), RenderError> {
+        self.wait_on(Some(format!("`{}` to be true", truncate(expression, 200))));
+        loop {
+            match self
+                .evaluate("Runtime.evaluate", in_page::expression(expression))
+                .await?
+            {
+                Evaluated::Value(v) if in_page::truthy(&v) => return Ok(()),
+                Evaluated::Threw { class, text } if class == "SyntaxError" => {
+                    return Err(RenderError::Script {
+                        what: "wait_for_expression",
+                        text,
+                    });
+                }
+                _ => tokio::time::sleep(EXPRESSION_POLL).await,
+            }
+        }
     }
 
     /// Whether the renderer crashed: known to the pump, or told within a
@@ -516,41 +914,29 @@ impl Tab {
         seen.await.unwrap_or(false) || self.document.lock().expect("document").crashed
     }
 
-    /// Resolve once an element matches `selector`, watching DOM mutations
-    /// rather than polling. An invalid selector fails at once.
-    async fn wait_for_selector(&self, selector: &str) -> Result<(), RenderError> {
-        // Resolves to "found", or to "invalid" when the selector is not
-        // CSS (querySelector throws): a value to match, not a message.
-        const SCRIPT: &str = r#"(sel) => new Promise((resolve) => {
-            try { if (document.querySelector(sel)) return resolve("found"); }
-            catch (e) { return resolve("invalid"); }
-            const obs = new MutationObserver(() => {
-                if (document.querySelector(sel)) { obs.disconnect(); resolve("found"); }
-            });
-            obs.observe(document, { childList: true, subtree: true, attributes: true });
-        })"#;
-        // A JSON string is a valid JavaScript string literal: no injection.
-        let literal = serde_json::to_string(selector).unwrap_or_else(|_| "\"\"".into());
-        let params = EvaluateParams::builder()
-            .expression(format!("({SCRIPT})({literal})"))
-            .await_promise(true)
-            .return_by_value(true)
-            .build()
-            .map_err(|e| RenderError::Cdp("Runtime.evaluate", e))?;
-        // The job's timeout bounds the wait.
-        let result = self
-            .call("Runtime.evaluate", params, self.settings.navigation_timeout)
-            .await?;
-        if let Some(exception) = result.exception_details {
-            let text = exception
-                .exception
-                .and_then(|e| e.description)
-                .unwrap_or(exception.text);
-            return Err(RenderError::Cdp("Runtime.evaluate", text));
-        }
-        match result.result.value.as_ref().and_then(|v| v.as_str()) {
-            Some("found") => Ok(()),
-            Some("invalid") => Err(RenderError::InvalidSelector(selector.to_owned())),
+    /// Resolve once `selector` is in `state`, watching DOM mutations (and
+    /// polling for what they do not show). An invalid selector fails at
+    /// once.
+    async fn wait_for_selector(
+        &self,
+        selector: &str,
+        state: SelectorState,
+    ) -> Result<(), RenderError> {
+        let what = match state {
+            SelectorState::Attached => "in the page",
+            SelectorState::Visible => "visible",
+            SelectorState::Hidden => "hidden or gone",
+            SelectorState::Detached => "gone from the page",
+        };
+        self.wait_on(Some(format!("`{}` to be {what}", truncate(selector, 200))));
+        match self
+            .evaluate("Runtime.evaluate", in_page::selector(selector, state))
+            .await?
+        {
+            Evaluated::Value(v) if v == "found" => Ok(()),
+            Evaluated::Value(v) if v == "invalid" => {
+                Err(RenderError::InvalidSelector(selector.to_owned()))
+            }
             other => Err(RenderError::Cdp(
                 "Runtime.evaluate",
                 format!("the selector wait answered {other:?}"),
@@ -558,10 +944,80 @@ impl Tab {
         }
     }
 
+    /// The clip of the element to capture, scrolled into view and padded.
+    async fn element_clip(
+        &self,
+        selector: &str,
+        padding: u32,
+    ) -> Result<(f64, f64, f64, f64), RenderError> {
+        let not_found = |why| RenderError::ElementNotFound {
+            selector: selector.to_owned(),
+            why,
+        };
+        match self
+            .evaluate("Runtime.evaluate", in_page::element(selector))
+            .await?
+        {
+            Evaluated::Value(v) if v == "invalid" => {
+                Err(RenderError::InvalidSelector(selector.to_owned()))
+            }
+            Evaluated::Value(v) if v == "missing" => Err(not_found("no element matches")),
+            Evaluated::Value(v) if v == "empty" => Err(not_found("the element has no box")),
+            Evaluated::Value(v) => serde_json::from_value::<in_page::ElementBox>(v.clone())
+                .map(|b| in_page::padded(&b, padding))
+                .map_err(|_| {
+                    RenderError::Cdp(
+                        "Runtime.evaluate",
+                        format!("the element's box answered {v}"),
+                    )
+                }),
+            Evaluated::Threw { text, .. } => Err(RenderError::Cdp("Runtime.evaluate", text)),
+        }
+    }
+
     async fn capture(&self, options: &RenderOptions) -> Result<Rendered, RenderError> {
         let timeout = self.settings.cdp_timeout;
-        let scale = options.device_scale_factor;
-        let (css_height, truncated, clip) = if options.full_page {
+        let view = options.viewport();
+        let scale = view.scale;
+        // The largest area the image may cover, in CSS pixels, at this
+        // scale: a clip or an element taller than that is cut (and said to
+        // be).
+        let max_rows = |width: f64| {
+            let row = (width * scale).ceil().max(1.0);
+            ((url2png_core::job::MAX_OUTPUT_PIXELS as f64 / row) / scale).floor()
+        };
+        let (clip, truncated, beyond) = if let Some(selector) = &options.selector {
+            let (x, y, width, height) = self
+                .element_clip(selector, options.selector_padding)
+                .await?;
+            let width = width.min(f64::from(url2png_core::job::VIEWPORT_MAX));
+            let limit =
+                max_rows(width).min(f64::from(url2png_core::job::FULL_PAGE_MAX_HEIGHT_LIMIT));
+            let cut = height.min(limit);
+            (
+                Some(Viewport {
+                    x,
+                    y,
+                    width,
+                    height: cut,
+                    scale: 1.0,
+                }),
+                height > limit,
+                true,
+            )
+        } else if let Some(c) = &options.clip {
+            (
+                Some(Viewport {
+                    x: f64::from(c.x),
+                    y: f64::from(c.y),
+                    width: f64::from(c.width),
+                    height: f64::from(c.height),
+                    scale: 1.0,
+                }),
+                false,
+                true,
+            )
+        } else if options.full_page {
             let metrics = self
                 .call(
                     "Page.getLayoutMetrics",
@@ -575,13 +1031,13 @@ impl Tab {
             let clip = Viewport {
                 x: 0.0,
                 y: 0.0,
-                width: f64::from(options.width),
+                width: f64::from(view.width),
                 height,
                 scale: 1.0,
             };
-            (height as u32, content > limit, Some(clip))
+            (Some(clip), content > limit, true)
         } else {
-            (options.height, false, None)
+            (None, false, false)
         };
         let format = match options.format {
             ImageFormat::Png => CaptureScreenshotFormat::Png,
@@ -593,7 +1049,7 @@ impl Tab {
             quality: options.effective_quality().map(i64::from),
             clip,
             from_surface: Some(true),
-            capture_beyond_viewport: Some(options.full_page),
+            capture_beyond_viewport: Some(beyond),
             optimize_for_speed: None,
         };
         // Encoding a large image takes a while; give the capture more than a
@@ -607,13 +1063,25 @@ impl Tab {
             .map_err(|e| {
                 RenderError::Cdp("Page.captureScreenshot", format!("bad image data: {e}"))
             })?;
-        let px = |css: u32| (f64::from(css) * scale).round() as u32;
+        // The image's own size, read from its header: what a capture gives
+        // can differ by a pixel from the clip times the scale.
+        let (width, height) = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok())
+            .ok_or_else(|| {
+                RenderError::Cdp(
+                    "Page.captureScreenshot",
+                    "the image's size cannot be read".into(),
+                )
+            })?;
         Ok(Rendered {
             bytes,
-            width: px(options.width),
-            height: px(css_height),
+            width,
+            height,
             truncated,
             status: None,
+            blocked_requests: 0,
         })
     }
 }
@@ -631,6 +1099,7 @@ async fn pump(
     check: Option<RequestCheck>,
     document: Arc<Mutex<Document>>,
     network: Arc<std::sync::atomic::AtomicBool>,
+    rules: Arc<std::sync::RwLock<Option<Arc<RequestRules>>>>,
     forward: mpsc::UnboundedSender<Event>,
 ) {
     let sid = Some(session.as_ref());
@@ -672,9 +1141,24 @@ async fn pump(
                     reason.clone(),
                 ));
             }
-            let sent = match verdict {
-                Ok(()) => cdp.send(sid, &fetch::ContinueRequestParams::new(paused.request_id)),
-                Err(_) => cdp.send(
+            let job = match (&verdict, at_response) {
+                (Ok(()), false) => rules
+                    .read()
+                    .expect("rules")
+                    .as_ref()
+                    .map(|r| r.verdict(&paused.request, &paused.resource_type, main_document)),
+                _ => None,
+            };
+            let sent = match (verdict, job) {
+                (Ok(()), None | Some(Verdict::Continue)) => {
+                    cdp.send(sid, &fetch::ContinueRequestParams::new(paused.request_id))
+                }
+                (Ok(()), Some(Verdict::WithHeaders(headers))) => {
+                    let mut params = fetch::ContinueRequestParams::new(paused.request_id);
+                    params.headers = Some(headers);
+                    cdp.send(sid, &params)
+                }
+                (Ok(()), Some(Verdict::Block)) | (Err(_), _) => cdp.send(
                     sid,
                     &fetch::FailRequestParams::new(paused.request_id, ErrorReason::BlockedByClient),
                 ),
@@ -728,8 +1212,8 @@ async fn pump(
 /// How long a failed navigation waits to learn whether the renderer died.
 const CRASH_GRACE: Duration = Duration::from_millis(300);
 
-/// How long no request may be in flight for the network to count as idle.
-const NETWORK_QUIET: Duration = Duration::from_millis(500);
+/// How often a wait expression is evaluated again.
+const EXPRESSION_POLL: Duration = Duration::from_millis(100);
 
 /// Requests in flight, counted from `Network` events (only a job waiting
 /// for the network to go quiet has them). A request counts until its body
@@ -753,8 +1237,8 @@ impl NetworkIdle {
         }
     }
 
-    /// Resolve once no request has been in flight for [`NETWORK_QUIET`].
-    async fn wait(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+    /// Resolve once no request has been in flight for `quiet`.
+    async fn wait(&mut self, events: &mut mpsc::UnboundedReceiver<Event>, quiet: Duration) {
         loop {
             while !self.in_flight.is_empty() {
                 match events.recv().await {
@@ -763,7 +1247,7 @@ impl NetworkIdle {
                     None => return,
                 }
             }
-            let quiet = tokio::time::sleep(NETWORK_QUIET);
+            let quiet = tokio::time::sleep(quiet);
             tokio::pin!(quiet);
             loop {
                 tokio::select! {
@@ -776,7 +1260,7 @@ impl NetworkIdle {
                         }
                         None => return,
                     },
-                    _ = &mut quiet => return,
+                    () = &mut quiet => return,
                 }
             }
         }

@@ -9,5 +9,6 @@ mod fonts;
 mod hostile_pages;
 mod isolation;
 mod lifecycle;
+mod options;
 mod rendering;
 mod resilience;

@@ -51,8 +51,13 @@ impl Running {
 }
 
 pub async fn start_worker(aws: &TestAws, extra: &[&str]) -> Running {
+    start_worker_with(config(aws, extra), aws).await
+}
+
+/// A worker with these settings (for those a flag cannot add twice).
+pub async fn start_worker_with(config: Config, aws: &TestAws) -> Running {
     let _ = tracing_subscriber_init();
-    let worker = Worker::start(config(aws, extra), aws.clients.clone())
+    let worker = Worker::start(config, aws.clients.clone())
         .await
         .expect("worker starts");
     let pool = worker.pool().clone();
