@@ -14,7 +14,8 @@ use crate::options::{
     SCROLL_DELAY_DEFAULT_MS, SCROLL_DELAY_MAX_MS, SCROLL_STEP_MAX, SCROLL_STEP_MIN,
 };
 pub use crate::options::{
-    Clip, ColorScheme, Cookie, Geolocation, MediaType, ResourceKind, SameSite, SelectorState,
+    Clip, ColorScheme, Cookie, Fit, Geolocation, MediaType, ResourceKind, SameSite, SelectorState,
+    Thumbnail,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -142,6 +143,10 @@ pub struct RenderOptions {
     /// Capture this rectangle of the document.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip: Option<Clip>,
+    /// Store a smaller copy of the capture instead: resized in the worker
+    /// to fit this box.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<Thumbnail>,
     /// A transparent background where the page sets none (png and webp).
     #[serde(skip_serializing_if = "is_false")]
     pub omit_background: bool,
@@ -290,6 +295,7 @@ impl Default for RenderOptions {
             selector: None,
             selector_padding: 0,
             clip: None,
+            thumbnail: None,
             omit_background: false,
             scroll_page: false,
             scroll_step: None,
@@ -874,6 +880,9 @@ impl RenderOptions {
                     ),
                 ));
             }
+        }
+        if let Some(t) = &self.thumbnail {
+            opt::thumbnail("options.thumbnail", t)?;
         }
         if self.omit_background && self.format == ImageFormat::Jpeg {
             return invalid(
@@ -1494,6 +1503,11 @@ mod tests {
             selector: Some("#card".into()),
             selector_padding: 8,
             omit_background: true,
+            thumbnail: Some(Thumbnail {
+                width: 320,
+                height: Some(200),
+                fit: Fit::Cover,
+            }),
             scroll_page: true,
             scroll_step: Some(400),
             scroll_delay_ms: 50,

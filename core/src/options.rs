@@ -28,6 +28,38 @@ pub struct Clip {
 /// Largest offset of a clip, in CSS pixels.
 pub const CLIP_OFFSET_MAX: u32 = 32_768;
 
+/// A smaller copy of the capture, made in the worker.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thumbnail {
+    /// Width of the box, in pixels of the image.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7680))]
+    pub width: u32,
+    /// Height of the box; without it, the width alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 32768))]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub fit: Fit,
+}
+
+/// How a thumbnail fills its box. An image already inside the box is kept
+/// as it is: nothing is enlarged.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fit {
+    /// The whole image, as large as fits, proportions kept.
+    #[default]
+    Contain,
+    /// The box filled, proportions kept, the overflow cut (from the top
+    /// left, where a page starts).
+    Cover,
+    /// The box exactly, proportions not kept.
+    Fill,
+}
+
 /// What a selector wait waits for.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -622,6 +654,32 @@ pub(crate) fn timezone(field: &str, value: &str) -> Result<(), ContractError> {
             field,
             format!("`{value}` is not a time zone name such as `Europe/Zurich`"),
         ))
+    }
+}
+
+pub(crate) fn thumbnail(field: &str, t: &Thumbnail) -> Result<(), ContractError> {
+    if !(1..=crate::job::VIEWPORT_MAX).contains(&t.width) {
+        return Err(err(
+            ErrorCode::OutOfRange,
+            &format!("{field}.width"),
+            format!("{} is outside 1..={}", t.width, crate::job::VIEWPORT_MAX),
+        ));
+    }
+    match t.height {
+        Some(h) if !(1..=crate::job::FULL_PAGE_MAX_HEIGHT_LIMIT).contains(&h) => Err(err(
+            ErrorCode::OutOfRange,
+            &format!("{field}.height"),
+            format!(
+                "{h} is outside 1..={}",
+                crate::job::FULL_PAGE_MAX_HEIGHT_LIMIT
+            ),
+        )),
+        None if t.fit != Fit::Contain => Err(err(
+            ErrorCode::Invalid,
+            &format!("{field}.fit"),
+            "cover and fill need a box: give a height",
+        )),
+        _ => Ok(()),
     }
 }
 

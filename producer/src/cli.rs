@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use url2png_core::aws::Clients;
 use url2png_core::config::{CommonArgs, IdArgs, PolicyArgs, StoreArgs};
-use url2png_core::job::{ImageFormat, JobMessage, RenderOptions, WaitFor};
+use url2png_core::job::{
+    Clip, Cookie, Geolocation, ImageFormat, JobMessage, RenderOptions, WaitFor,
+};
 use url2png_core::keys::FailureRecord;
 
 /// Settings of `url2png-producer submit`.
@@ -62,6 +64,143 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub fail_on_http_error: bool,
 
+    /// With --full-page, the tallest capture in CSS pixels.
+    #[arg(long)]
+    pub full_page_max_height: Option<u32>,
+
+    /// Capture only the first element matching this CSS selector.
+    #[arg(long)]
+    pub selector: Option<String>,
+
+    /// CSS pixels around the --selector element.
+    #[arg(long, default_value_t = 0)]
+    pub selector_padding: u32,
+
+    /// Capture this rectangle of the document: `x,y,width,height`.
+    #[arg(long)]
+    pub clip: Option<String>,
+
+    /// Store a thumbnail instead: `width` or `width,height` (see --fit).
+    #[arg(long)]
+    pub thumbnail: Option<String>,
+
+    /// How the thumbnail fills its box: contain (default), cover, fill.
+    #[arg(long)]
+    pub fit: Option<String>,
+
+    /// Transparent background where the page sets none (png, webp).
+    #[arg(long)]
+    pub omit_background: bool,
+
+    /// Scroll through the page first, so lazy content loads.
+    #[arg(long)]
+    pub scroll_page: bool,
+
+    #[arg(long)]
+    pub scroll_step: Option<u32>,
+
+    #[arg(long)]
+    pub scroll_delay_ms: Option<u32>,
+
+    /// Wait for an element matching this selector (see --wait-for-selector-state).
+    #[arg(long)]
+    pub wait_for_selector: Option<String>,
+
+    /// attached, visible (default), hidden or detached.
+    #[arg(long)]
+    pub wait_for_selector_state: Option<String>,
+
+    /// Wait until this JavaScript expression is truthy (the operator must
+    /// allow scripts).
+    #[arg(long)]
+    pub wait_for_expression: Option<String>,
+
+    /// With --wait-for network_idle, the quiet period in milliseconds.
+    #[arg(long)]
+    pub network_idle_ms: Option<u32>,
+
+    /// Hide elements matching this selector (repeatable).
+    #[arg(long = "hide-selector")]
+    pub hide_selectors: Vec<String>,
+
+    /// A stylesheet to add to the page.
+    #[arg(long)]
+    pub css: Option<String>,
+
+    /// A script to run in the page after it loads (the operator must allow
+    /// scripts).
+    #[arg(long)]
+    pub script: Option<String>,
+
+    /// Do not load sub-resources of this kind: image, media, font,
+    /// stylesheet, script, fetch, frame (repeatable).
+    #[arg(long = "block-resource")]
+    pub block_resources: Vec<String>,
+
+    /// Do not load sub-resources whose URL matches this pattern, `*` any
+    /// run, `?` one character (repeatable).
+    #[arg(long = "block-url")]
+    pub block_urls: Vec<String>,
+
+    /// A named device (iphone_15, pixel_8, ipad_air, …).
+    #[arg(long)]
+    pub device: Option<String>,
+
+    #[arg(long)]
+    pub landscape: bool,
+
+    #[arg(long)]
+    pub mobile: bool,
+
+    #[arg(long)]
+    pub touch: bool,
+
+    /// A user agent string or preset (desktop, mac, linux, android, iphone, ipad).
+    #[arg(long)]
+    pub user_agent: Option<String>,
+
+    #[arg(long)]
+    pub accept_language: Option<String>,
+
+    #[arg(long)]
+    pub locale: Option<String>,
+
+    #[arg(long)]
+    pub timezone: Option<String>,
+
+    /// `latitude,longitude[,accuracy]`.
+    #[arg(long)]
+    pub geolocation: Option<String>,
+
+    /// light or dark.
+    #[arg(long)]
+    pub color_scheme: Option<String>,
+
+    #[arg(long)]
+    pub reduced_motion: bool,
+
+    /// screen or print.
+    #[arg(long)]
+    pub media: Option<String>,
+
+    /// An extra request header, `Name: value` (repeatable).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+
+    /// Another host that gets the headers (repeatable).
+    #[arg(long = "header-host")]
+    pub header_hosts: Vec<String>,
+
+    /// A cookie for the page's host, `name=value` (repeatable; other
+    /// fields through --options).
+    #[arg(long = "cookie")]
+    pub cookies: Vec<String>,
+
+    /// Render options as a JSON object, applied over the flags (for
+    /// anything the flags do not say).
+    #[arg(long)]
+    pub options: Option<String>,
+
     /// Wait for the image or the failure record.
     #[arg(long)]
     pub wait: bool,
@@ -92,22 +231,99 @@ impl SubmitArgs {
                 }
             },
         };
-        let mut job = JobMessage::new(
-            self.url.clone(),
-            RenderOptions {
-                width: self.width,
-                height: self.height,
-                device_scale_factor: self.device_scale_factor,
-                full_page: self.full_page,
-                format,
-                quality: self.quality,
-                wait_for,
-                delay_ms: self.delay_ms,
-                timeout_ms: self.timeout_ms,
-                fail_on_http_error: self.fail_on_http_error,
-                ..RenderOptions::default()
-            },
-        );
+        let defaults = RenderOptions::default();
+        let options = RenderOptions {
+            width: self.width,
+            height: self.height,
+            device_scale_factor: self.device_scale_factor,
+            full_page: self.full_page,
+            full_page_max_height: self
+                .full_page_max_height
+                .unwrap_or(defaults.full_page_max_height),
+            format,
+            quality: self.quality,
+            wait_for,
+            delay_ms: self.delay_ms,
+            timeout_ms: self.timeout_ms,
+            fail_on_http_error: self.fail_on_http_error,
+            selector: self.selector.clone(),
+            selector_padding: self.selector_padding,
+            clip: self.clip.as_deref().map(parse_clip).transpose()?,
+            thumbnail: self
+                .thumbnail
+                .as_deref()
+                .map(|t| parse_thumbnail(t, named("--fit", &self.fit)?.unwrap_or_default()))
+                .transpose()?,
+            omit_background: self.omit_background,
+            scroll_page: self.scroll_page,
+            scroll_step: self.scroll_step,
+            scroll_delay_ms: self.scroll_delay_ms.unwrap_or(defaults.scroll_delay_ms),
+            wait_for_selector: self.wait_for_selector.clone(),
+            wait_for_selector_state: named(
+                "--wait-for-selector-state",
+                &self.wait_for_selector_state,
+            )?
+            .unwrap_or_default(),
+            wait_for_expression: self.wait_for_expression.clone(),
+            network_idle_ms: self.network_idle_ms.unwrap_or(defaults.network_idle_ms),
+            hide_selectors: self.hide_selectors.clone(),
+            css: self.css.clone(),
+            script: self.script.clone(),
+            block_resources: self
+                .block_resources
+                .iter()
+                .map(|k| named("--block-resource", &Some(k.clone())).map(Option::unwrap))
+                .collect::<Result<_, _>>()?,
+            block_urls: self.block_urls.clone(),
+            device: self.device.clone(),
+            landscape: self.landscape,
+            mobile: self.mobile,
+            touch: self.touch,
+            user_agent: self.user_agent.clone(),
+            accept_language: self.accept_language.clone(),
+            locale: self.locale.clone(),
+            timezone: self.timezone.clone(),
+            geolocation: self
+                .geolocation
+                .as_deref()
+                .map(parse_geolocation)
+                .transpose()?,
+            color_scheme: named("--color-scheme", &self.color_scheme)?,
+            reduced_motion: self.reduced_motion,
+            media: named("--media", &self.media)?,
+            headers: self
+                .headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .ok_or_else(|| format!("--header {h}: use `Name: value`"))
+                })
+                .collect::<Result<_, _>>()?,
+            header_hosts: self.header_hosts.clone(),
+            cookies: self
+                .cookies
+                .iter()
+                .map(|c| {
+                    c.split_once('=')
+                        .map(|(name, value)| Cookie {
+                            name: name.trim().to_owned(),
+                            value: value.trim().to_owned(),
+                            domain: None,
+                            path: None,
+                            secure: false,
+                            http_only: false,
+                            same_site: None,
+                        })
+                        .ok_or_else(|| format!("--cookie {c}: use `name=value`"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let options = match &self.options {
+            None => options,
+            Some(json) => overlay(options, json)?,
+        };
+        let mut job = JobMessage::new(self.url.clone(), options);
         job.validate().map_err(|e| e.to_string())?;
         job.id = url2png_core::id::mint(
             self.ids.id_secret.as_bytes(),
@@ -120,6 +336,88 @@ impl SubmitArgs {
             .map_err(|e| format!("url: {e}"))?;
         Ok(job)
     }
+}
+
+/// A flag's value read as the contract's snake_case name of an enum.
+fn named<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    value: &Option<String>,
+) -> Result<Option<T>, String> {
+    value
+        .as_ref()
+        .map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.clone()))
+                .map_err(|e| format!("{flag} {v}: {e}"))
+        })
+        .transpose()
+}
+
+fn numbers<T: std::str::FromStr>(flag: &str, value: &str) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .map_err(|_| format!("{flag} {value}: `{n}` is not a number"))
+        })
+        .collect()
+}
+
+fn parse_clip(value: &str) -> Result<Clip, String> {
+    match numbers::<u32>("--clip", value)?[..] {
+        [x, y, width, height] => Ok(Clip {
+            x,
+            y,
+            width,
+            height,
+        }),
+        _ => Err(format!("--clip {value}: use x,y,width,height")),
+    }
+}
+
+fn parse_thumbnail(
+    value: &str,
+    fit: url2png_core::job::Fit,
+) -> Result<url2png_core::job::Thumbnail, String> {
+    match numbers::<u32>("--thumbnail", value)?[..] {
+        [width] => Ok(url2png_core::job::Thumbnail {
+            width,
+            height: None,
+            fit,
+        }),
+        [width, height] => Ok(url2png_core::job::Thumbnail {
+            width,
+            height: Some(height),
+            fit,
+        }),
+        _ => Err(format!("--thumbnail {value}: use width or width,height")),
+    }
+}
+
+fn parse_geolocation(value: &str) -> Result<Geolocation, String> {
+    let n = numbers::<f64>("--geolocation", value)?;
+    match n[..] {
+        [latitude, longitude] | [latitude, longitude, _] => Ok(Geolocation {
+            latitude,
+            longitude,
+            accuracy: n.get(2).copied().unwrap_or(100.0),
+        }),
+        _ => Err(format!(
+            "--geolocation {value}: use latitude,longitude[,accuracy]"
+        )),
+    }
+}
+
+/// The options with the fields of a JSON object put over them.
+fn overlay(options: RenderOptions, json: &str) -> Result<RenderOptions, String> {
+    let over: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| format!("--options: not a JSON object: {e}"))?;
+    let mut base = match serde_json::to_value(&options) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    base.extend(over);
+    serde_json::from_value(serde_json::Value::Object(base)).map_err(|e| format!("--options: {e}"))
 }
 
 /// Run `submit`. Exit codes: 0 queued (or, with `--wait`, stored), 1 the job
@@ -216,5 +514,142 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             tick += 1;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use url2png_core::job::{ColorScheme, MediaType, ResourceKind, SelectorState};
+
+    fn job(flags: &[&str]) -> Result<JobMessage, String> {
+        let mut args = vec!["submit", "--queue-url", "http://q", "--bucket", "b"];
+        args.extend_from_slice(flags);
+        args.push("https://example.com/");
+        SubmitArgs::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .job()
+    }
+
+    #[test]
+    fn every_option_has_a_flag() {
+        let job = job(&[
+            "--selector",
+            "#card",
+            "--selector-padding",
+            "8",
+            "--omit-background",
+            "--scroll-page",
+            "--scroll-step",
+            "400",
+            "--scroll-delay-ms",
+            "50",
+            "--wait-for-selector",
+            ".ready",
+            "--wait-for-selector-state",
+            "hidden",
+            "--wait-for-expression",
+            "window.ready",
+            "--wait-for",
+            "network_idle",
+            "--network-idle-ms",
+            "900",
+            "--hide-selector",
+            ".a",
+            "--hide-selector",
+            ".b",
+            "--css",
+            "body{}",
+            "--script",
+            "1",
+            "--block-resource",
+            "image",
+            "--block-resource",
+            "fetch",
+            "--block-url",
+            "*ads*",
+            "--device",
+            "pixel_8",
+            "--landscape",
+            "--user-agent",
+            "desktop",
+            "--accept-language",
+            "de-CH",
+            "--locale",
+            "de-CH",
+            "--timezone",
+            "Europe/Zurich",
+            "--geolocation",
+            "47.3,8.5,20",
+            "--color-scheme",
+            "dark",
+            "--reduced-motion",
+            "--media",
+            "print",
+            "--header",
+            "X-Tenant: acme",
+            "--header-host",
+            "*.cdn.example",
+            "--cookie",
+            "session=abc",
+        ])
+        .unwrap();
+        let o = &job.options;
+        assert_eq!(o.selector.as_deref(), Some("#card"));
+        assert_eq!(
+            (o.selector_padding, o.scroll_step, o.scroll_delay_ms),
+            (8, Some(400), 50)
+        );
+        assert!(o.omit_background && o.scroll_page && o.landscape && o.reduced_motion);
+        assert_eq!(o.wait_for_selector_state, SelectorState::Hidden);
+        assert_eq!(o.network_idle_ms, 900);
+        assert_eq!(o.hide_selectors, [".a", ".b"]);
+        assert_eq!(
+            o.block_resources,
+            [ResourceKind::Image, ResourceKind::Fetch]
+        );
+        assert_eq!(o.device.as_deref(), Some("pixel_8"));
+        assert_eq!(o.geolocation.map(|g| g.accuracy), Some(20.0));
+        assert_eq!(
+            (o.color_scheme, o.media),
+            (Some(ColorScheme::Dark), Some(MediaType::Print))
+        );
+        assert_eq!(o.headers["X-Tenant"], "acme");
+        assert_eq!(o.cookies[0].value, "abc");
+    }
+
+    #[test]
+    fn clip_and_options_json_and_clear_errors() {
+        let job = job(&[
+            "--clip",
+            "1,2,300,200",
+            "--options",
+            r#"{"cookies":[{"name":"a","value":"b","domain":"x.example"}]}"#,
+        ])
+        .unwrap();
+        assert_eq!(
+            job.options.clip,
+            Some(Clip {
+                x: 1,
+                y: 2,
+                width: 300,
+                height: 200
+            })
+        );
+        assert_eq!(job.options.cookies[0].domain.as_deref(), Some("x.example"));
+        for (flags, says) in [
+            (&["--clip", "1,2,3"][..], "--clip"),
+            (&["--color-scheme", "purple"][..], "--color-scheme"),
+            (&["--header", "no colon"][..], "--header"),
+            (&["--options", "[1]"][..], "--options"),
+            (&["--options", r#"{"colour":1}"#][..], "colour"),
+            (
+                &["--device", "pixel_8", "--width", "500"][..],
+                "options.width",
+            ),
+        ] {
+            let e = super::tests::job(flags).unwrap_err();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
     }
 }

@@ -56,6 +56,16 @@ impl JobFailure {
         Self::new(reason, false, error.to_string())
     }
 
+    /// The capture could not be made into the job's thumbnail.
+    pub fn thumbnail(detail: String) -> Self {
+        Self::new(
+            FailureReason::RenderFailed,
+            true,
+            "The capture could not be resized into the thumbnail.",
+        )
+        .detail(detail)
+    }
+
     /// The job has JavaScript of its own and this worker runs none.
     pub fn scripts_off() -> Self {
         Self::new(

@@ -27,6 +27,7 @@ pub mod process;
 pub mod receive;
 pub mod render;
 pub mod rules;
+pub mod thumbnail;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -297,6 +297,29 @@ async fn attempt(
         .render_seconds
         .observe(started.elapsed().as_secs_f64());
 
+    let rendered = match job.options.thumbnail {
+        None => rendered,
+        Some(box_) => {
+            let (format, quality) = (job.options.format, job.options.effective_quality());
+            let mut rendered = rendered;
+            let bytes = std::mem::take(&mut rendered.bytes);
+            let made = tokio::task::spawn_blocking(move || {
+                crate::thumbnail::make(bytes, format, quality, &box_)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|made| made);
+            match made {
+                Ok((bytes, width, height)) => Rendered {
+                    bytes,
+                    width,
+                    height,
+                    ..rendered
+                },
+                Err(e) => return Outcome::Retry(JobFailure::thumbnail(e)),
+            }
+        }
+    };
     let render_time = started.elapsed();
     tracing::debug!(elapsed = ?render_time, "rendered");
     match store_image(ctx, &job, &key, rendered, render_time).await {

@@ -719,6 +719,58 @@ async fn http_with(addr: SocketAddr, request: &str) -> (u16, String) {
 }
 
 #[tokio::test]
+async fn jobs_with_javascript_are_taken_only_from_the_keys_the_operator_named() {
+    let aws = TestAws::start().await;
+    let producer = start(
+        &aws,
+        &[
+            "--api-keys",
+            "plain-key, script-key",
+            "--script-api-keys",
+            "script-key",
+        ],
+    )
+    .await;
+    let post = |auth: &str, body: &str| {
+        format!(
+            "POST /v1/screenshots HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {auth}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let script = r#"{"url":"https://example.com/","script":"document.title = 'x'"}"#;
+    let expression = r#"{"url":"https://example.com/","wait_for_expression":"window.ready"}"#;
+    let plain = r#"{"url":"https://example.com/","css":"body{color:red}"}"#;
+    for (body, field) in [(script, "script"), (expression, "wait_for_expression")] {
+        let (status, text) = http_with(producer.addr, &post("plain-key", body)).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("scripts_not_allowed"), "{text}");
+        assert!(text.contains(&format!("\"field\":\"{field}\"")), "{text}");
+    }
+    assert_eq!(queued(&aws).await, 0, "nothing refused was queued");
+    let (status, text) = http_with(producer.addr, &post("plain-key", plain)).await;
+    assert_eq!(status, 202, "a stylesheet is not a script: {text}");
+    for body in [script, expression] {
+        let (status, text) = http_with(producer.addr, &post("script-key", body)).await;
+        assert_eq!(status, 202, "{text}");
+    }
+    let batch = format!(r#"{{"jobs":[{script},{plain}]}}"#);
+    let request = post("plain-key", &batch).replace("/v1/screenshots ", "/v1/screenshots/batch ");
+    let (status, text) = http_with(producer.addr, &request).await;
+    assert_eq!(status, 202, "{text}");
+    assert!(
+        text.contains("scripts_not_allowed"),
+        "the script entry is refused: {text}"
+    );
+    let jobs = drain(&aws).await;
+    assert_eq!(
+        jobs.len(),
+        4,
+        "two scripts by the script key, two plain jobs"
+    );
+    assert_eq!(jobs.iter().filter(|j| j.options.uses_scripts()).count(), 2);
+}
+
+#[tokio::test]
 async fn api_keys_guard_the_api_but_not_health() {
     let aws = TestAws::start().await;
     let producer = start(&aws, &["--api-keys", "k1-secret, k2-secret"]).await;
@@ -859,9 +911,100 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
         .unwrap();
     assert!(href.contains("X-Amz-Signature"), "{href}");
 
+    // The form's other options, as the page names them and the API takes
+    // them.
+    let options: String = page
+        .evaluate(
+            "(() => { const set = (id, v) => { document.getElementById(id).value = v; }; \
+             set('viewport', 'device:pixel_8'); set('format', 'jpeg'); set('selector', 'h1'); \
+             set('hide_selectors', '.x, .y'); set('block', 'font'); set('user_agent', 'android'); \
+             set('delay_ms', '250'); document.getElementById('dark').checked = true; \
+             document.getElementById('scroll_page').checked = true; \
+             return JSON.stringify(options()); })()",
+        )
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    let options: Value = serde_json::from_str(&options).unwrap();
+    assert_eq!(
+        options,
+        serde_json::json!({
+            "device": "pixel_8", "format": "jpeg", "selector": "h1", "user_agent": "android",
+            "delay_ms": 250, "hide_selectors": [".x", ".y"], "block_resources": ["font"],
+            "color_scheme": "dark", "scroll_page": true,
+        })
+    );
+    let answer: i64 = page
+        .evaluate(format!(
+            "fetch('v1/screenshots', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }}, \
+             body: JSON.stringify({{ url: {url}, ...options() }}) }}).then((r) => r.status)"
+        ))
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    assert_eq!(answer, 202, "the API takes what the form sends");
+
     test_browser.close().await;
     stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// Options with every field that a job may leave out given, so that every
+/// field is written.
+fn every_option() -> url2png_core::RenderOptions {
+    use url2png_core::job::*;
+    RenderOptions {
+        selector: Some("#a".into()),
+        selector_padding: 1,
+        thumbnail: Some(Thumbnail {
+            width: 10,
+            height: None,
+            fit: Fit::Contain,
+        }),
+        omit_background: true,
+        scroll_page: true,
+        scroll_step: Some(200),
+        scroll_delay_ms: 1,
+        wait_for_selector: Some("#b".into()),
+        wait_for_selector_state: SelectorState::Hidden,
+        wait_for_expression: Some("1".into()),
+        network_idle_ms: 200,
+        hide_selectors: vec!["#c".into()],
+        css: Some("a{}".into()),
+        script: Some("1".into()),
+        block_resources: vec![ResourceKind::Font],
+        block_urls: vec!["*x*".into()],
+        device: Some("pixel_8".into()),
+        landscape: true,
+        mobile: true,
+        touch: true,
+        user_agent: Some("desktop".into()),
+        accept_language: Some("de".into()),
+        locale: Some("de".into()),
+        timezone: Some("UTC".into()),
+        geolocation: Some(Geolocation {
+            latitude: 0.0,
+            longitude: 0.0,
+            accuracy: 1.0,
+        }),
+        color_scheme: Some(ColorScheme::Dark),
+        reduced_motion: true,
+        media: Some(MediaType::Print),
+        headers: [("X-A".to_owned(), "1".to_owned())].into(),
+        header_hosts: vec!["a.example".into()],
+        cookies: vec![Cookie {
+            name: "a".into(),
+            value: "b".into(),
+            domain: None,
+            path: None,
+            secure: false,
+            http_only: false,
+            same_site: None,
+        }],
+        ..RenderOptions::default()
+    }
 }
 
 /// Every property of a schema, following `$ref`s.
@@ -904,15 +1047,45 @@ async fn the_openapi_document_matches_what_the_api_does() {
     let properties = request["properties"].as_object().unwrap();
     let mut documented: Vec<&str> = properties.keys().map(String::as_str).collect();
     documented.sort_unstable();
-    let defaults = serde_json::to_value(url2png_core::RenderOptions::default()).unwrap();
-    let mut taken: Vec<&str> = defaults
+    // A job leaves out the options it does not use; their defaults are
+    // the contract's own.
+    let mut defaults = serde_json::to_value(url2png_core::RenderOptions::default()).unwrap();
+    defaults["selector_padding"] = json!(0);
+    defaults["scroll_delay_ms"] = json!(url2png_core::options::SCROLL_DELAY_DEFAULT_MS);
+    defaults["network_idle_ms"] = json!(url2png_core::options::NETWORK_IDLE_DEFAULT_MS);
+    defaults["wait_for_selector_state"] =
+        serde_json::to_value(url2png_core::job::SelectorState::default()).unwrap();
+    for list in [
+        "hide_selectors",
+        "block_resources",
+        "block_urls",
+        "header_hosts",
+        "cookies",
+    ] {
+        defaults[list] = json!([]);
+    }
+    defaults["headers"] = json!({});
+    for flag in [
+        "omit_background",
+        "scroll_page",
+        "landscape",
+        "mobile",
+        "touch",
+        "reduced_motion",
+    ] {
+        defaults[flag] = json!(false);
+    }
+    let every = serde_json::to_value(every_option()).unwrap();
+    let mut taken: Vec<&str> = every
         .as_object()
         .unwrap()
         .keys()
         .map(String::as_str)
-        .chain(["url", "quality"])
+        .chain(defaults.as_object().unwrap().keys().map(String::as_str))
+        .chain(["url", "quality", "clip"])
         .collect();
     taken.sort_unstable();
+    taken.dedup();
     assert_eq!(documented, taken);
     assert_eq!(request["required"], json!(["url"]));
     assert_eq!(request["additionalProperties"], json!(false));
@@ -936,11 +1109,15 @@ async fn the_openapi_document_matches_what_the_api_does() {
         {
             assert_eq!(default, &defaults[name], "default of {name}");
         }
-        let base = if name == "quality" {
-            json!({"url": "https://example.com/", "format": "jpeg"})
-        } else {
-            json!({"url": "https://example.com/"})
-        };
+        // What a field needs beside it to have any effect.
+        let mut base = json!({"url": "https://example.com/"});
+        match name.as_str() {
+            "quality" => base["format"] = json!("jpeg"),
+            "scroll_step" => base["scroll_page"] = json!(true),
+            "selector_padding" => base["selector"] = json!("#a"),
+            "network_idle_ms" => base["wait_for"] = json!("network_idle"),
+            _ => {}
+        }
         for (bound, step) in [("minimum", -1.0), ("maximum", 1.0)] {
             let Some(limit) = schema.get(bound).and_then(Value::as_f64) else {
                 continue;

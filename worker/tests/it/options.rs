@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use url2png_core::job::{
-    Clip, ColorScheme, Cookie, Geolocation, ImageFormat, MediaType, RenderOptions, ResourceKind,
-    SelectorState, WaitFor,
+    Clip, ColorScheme, Cookie, Fit, Geolocation, ImageFormat, MediaType, RenderOptions,
+    ResourceKind, SelectorState, Thumbnail, WaitFor,
 };
 use url2png_core::{FailureReason, FailureRecord, JobMessage, KeyLayout};
 use url2png_testkit::{Fixtures, Page, TestAws};
@@ -96,7 +96,7 @@ fn waits_for_done(options: RenderOptions) -> RenderOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn captures_an_element_a_clip_a_transparent_background_and_lazy_content() {
+async fn captures_an_element_a_clip_a_transparent_background_lazy_content_and_thumbnails() {
     let aws = TestAws::start().await;
     let fixtures = Fixtures::start().await;
     let worker = start_worker(&aws, &["--browsers", "1", "--pages-per-browser", "4"]).await;
@@ -195,7 +195,35 @@ async fn captures_an_element_a_clip_a_transparent_background_and_lazy_content() 
         )
     };
     let (scrolled, unscrolled) = (lazy(true), lazy(false));
+    let thumb = job(
+        "/card",
+        RenderOptions {
+            width: 400,
+            height: 300,
+            thumbnail: Some(Thumbnail {
+                width: 100,
+                height: None,
+                fit: Fit::Contain,
+            }),
+            ..RenderOptions::default()
+        },
+    );
+    let thumb_cover = job(
+        "/card",
+        RenderOptions {
+            selector: Some("#card".into()),
+            format: ImageFormat::Jpeg,
+            thumbnail: Some(Thumbnail {
+                width: 50,
+                height: Some(50),
+                fit: Fit::Cover,
+            }),
+            ..RenderOptions::default()
+        },
+    );
     let all = [
+        &thumb,
+        &thumb_cover,
         &element,
         &element_scaled,
         &missing,
@@ -243,6 +271,22 @@ async fn captures_an_element_a_clip_a_transparent_background_and_lazy_content() 
     assert_eq!(px(&results.image(&transparent).await, 90, 90)[3], 0);
     assert_eq!(px(&results.image(&opaque).await, 90, 90), WHITE);
     assert_eq!(px(&results.image(&transparent_webp).await, 90, 90)[3], 0);
+
+    let img = results.image(&thumb).await;
+    assert_eq!(
+        img.dimensions(),
+        (100, 75),
+        "resized to the width, proportions kept"
+    );
+    assert_eq!(results.metadata(&thumb).await["width"], "100");
+    let img = results.image(&thumb_cover).await;
+    assert_eq!(img.dimensions(), (50, 50));
+    let [r, g, b, _] = px(&img, 25, 25);
+    assert!(
+        b > 200 && r < 40 && g < 40,
+        "the card, cut to the box: {:?}",
+        (r, g, b)
+    );
 
     let img = results.image(&scrolled).await;
     assert_eq!(img.dimensions(), (200, 3000));
