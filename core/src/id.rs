@@ -40,7 +40,12 @@ pub struct Minted {
     pub format: ImageFormat,
 }
 
-const FORMATS: [ImageFormat; 3] = [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp];
+const FORMATS: [ImageFormat; 4] = [
+    ImageFormat::Png,
+    ImageFormat::Jpeg,
+    ImageFormat::Webp,
+    ImageFormat::Pdf,
+];
 
 fn tag(secret: &[u8], head: &[u8]) -> [u8; 4] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)

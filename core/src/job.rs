@@ -14,8 +14,8 @@ use crate::options::{
     SCROLL_DELAY_DEFAULT_MS, SCROLL_DELAY_MAX_MS, SCROLL_STEP_MAX, SCROLL_STEP_MIN,
 };
 pub use crate::options::{
-    Clip, ColorScheme, Cookie, Fit, Geolocation, MediaType, ResourceKind, SameSite, SelectorState,
-    Thumbnail,
+    Clip, ColorScheme, Cookie, Fit, Geolocation, MediaType, Paper, PdfOptions, ResourceKind,
+    SameSite, SelectorState, Thumbnail,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -143,6 +143,9 @@ pub struct RenderOptions {
     /// Capture this rectangle of the document.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip: Option<Clip>,
+    /// With `format: pdf`, how the page is printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdf: Option<PdfOptions>,
     /// Store a smaller copy of the capture instead: resized in the worker
     /// to fit this box.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -296,6 +299,7 @@ impl Default for RenderOptions {
             selector_padding: 0,
             clip: None,
             thumbnail: None,
+            pdf: None,
             omit_background: false,
             scroll_page: false,
             scroll_step: None,
@@ -337,6 +341,8 @@ pub enum ImageFormat {
     Png,
     Jpeg,
     Webp,
+    /// A PDF printed by Chromium (`Page.printToPDF`); see `pdf`.
+    Pdf,
 }
 
 impl ImageFormat {
@@ -346,6 +352,7 @@ impl ImageFormat {
             Self::Png => "png",
             Self::Jpeg => "jpg",
             Self::Webp => "webp",
+            Self::Pdf => "pdf",
         }
     }
 
@@ -355,12 +362,18 @@ impl ImageFormat {
             Self::Png => "image/png",
             Self::Jpeg => "image/jpeg",
             Self::Webp => "image/webp",
+            Self::Pdf => "application/pdf",
         }
     }
 
     /// Whether the format takes a quality setting.
     pub fn is_lossy(self) -> bool {
-        !matches!(self, Self::Png)
+        matches!(self, Self::Jpeg | Self::Webp)
+    }
+
+    /// Whether the result is an image (not a PDF).
+    pub fn is_image(self) -> bool {
+        !matches!(self, Self::Pdf)
     }
 }
 
@@ -370,6 +383,7 @@ impl fmt::Display for ImageFormat {
             Self::Png => "png",
             Self::Jpeg => "jpeg",
             Self::Webp => "webp",
+            Self::Pdf => "pdf",
         })
     }
 }
@@ -883,6 +897,29 @@ impl RenderOptions {
         }
         if let Some(t) = &self.thumbnail {
             opt::thumbnail("options.thumbnail", t)?;
+        }
+        if self.format == ImageFormat::Pdf {
+            for (field, set) in [
+                ("selector", self.selector.is_some()),
+                ("clip", self.clip.is_some()),
+                ("full_page", self.full_page),
+                ("thumbnail", self.thumbnail.is_some()),
+                ("omit_background", self.omit_background),
+            ] {
+                if set {
+                    return invalid(
+                        field,
+                        "a PDF is the whole page printed: it has no capture area, thumbnail or transparency",
+                    );
+                }
+            }
+        }
+        match &self.pdf {
+            Some(_) if self.format != ImageFormat::Pdf => {
+                return invalid("pdf", "PDF settings need format: pdf");
+            }
+            Some(pdf) => opt::pdf("options.pdf", pdf)?,
+            None => {}
         }
         if self.omit_background && self.format == ImageFormat::Jpeg {
             return invalid(
@@ -1635,6 +1672,28 @@ mod tests {
             "options.omit_background",
         );
         ok(json!({"omit_background": true, "format": "webp"}));
+        ok(
+            json!({"format": "pdf", "pdf": {"paper": "a4", "landscape": true, "margin_mm": 10, "page_ranges": "1-2, 4", "scale": 0.5}}),
+        );
+        ok(json!({"format": "pdf"}));
+        bad(json!({"pdf": {"paper": "a4"}}), "options.pdf");
+        bad(json!({"format": "pdf", "quality": 50}), "options.quality");
+        bad(
+            json!({"format": "pdf", "full_page": true}),
+            "options.full_page",
+        );
+        bad(
+            json!({"format": "pdf", "pdf": {"scale": 3}}),
+            "options.pdf.scale",
+        );
+        bad(
+            json!({"format": "pdf", "pdf": {"margin_mm": 101}}),
+            "options.pdf.margin_mm",
+        );
+        bad(
+            json!({"format": "pdf", "pdf": {"page_ranges": "1;2"}}),
+            "options.pdf.page_ranges",
+        );
         bad(json!({"scroll_step": 500}), "options.scroll_step");
         bad(
             json!({"scroll_page": true, "scroll_step": 99}),

@@ -74,11 +74,12 @@ impl KeyLayout {
     }
 
     /// Every key a job may have written, image formats first.
-    pub fn all(&self, id: Uuid) -> [String; 4] {
+    pub fn all(&self, id: Uuid) -> [String; 5] {
         [
             self.image(id, ImageFormat::Png),
             self.image(id, ImageFormat::Jpeg),
             self.image(id, ImageFormat::Webp),
+            self.image(id, ImageFormat::Pdf),
             self.failure(id),
         ]
     }
@@ -270,7 +271,7 @@ mod tests {
             KeyLayout::default().image(ID, ImageFormat::Png),
             "6f0c3c53-4d3c-4b07-9a8e-0f4b2d8f1a11.png"
         );
-        assert_eq!(layout.all(ID)[3], layout.failure(ID));
+        assert_eq!(layout.all(ID)[4], layout.failure(ID));
     }
 
     #[test]

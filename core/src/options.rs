@@ -60,6 +60,73 @@ pub enum Fit {
     Fill,
 }
 
+/// How a page is printed to PDF.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PdfOptions {
+    pub paper: Paper,
+    pub landscape: bool,
+    /// Every margin, in millimetres.
+    #[cfg_attr(feature = "openapi", schema(maximum = 100, default = 10))]
+    pub margin_mm: u32,
+    /// Print backgrounds (colours and images), as a screenshot shows them.
+    #[cfg_attr(feature = "openapi", schema(default = true))]
+    pub print_background: bool,
+    /// Pages to print, such as `1-3, 5`; all by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_ranges: Option<String>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0.1, maximum = 2.0, default = 1.0)
+    )]
+    pub scale: f64,
+    /// A page size the page's own CSS (`@page`) gives wins over `paper`.
+    pub prefer_css_page_size: bool,
+}
+
+impl Default for PdfOptions {
+    fn default() -> Self {
+        Self {
+            paper: Paper::default(),
+            landscape: false,
+            margin_mm: 10,
+            print_background: true,
+            page_ranges: None,
+            scale: 1.0,
+            prefer_css_page_size: false,
+        }
+    }
+}
+
+/// A paper size.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Paper {
+    #[default]
+    A4,
+    A3,
+    A5,
+    Letter,
+    Legal,
+    Tabloid,
+}
+
+impl Paper {
+    /// Width and height in inches, portrait.
+    pub fn inches(self) -> (f64, f64) {
+        match self {
+            Self::A4 => (8.27, 11.69),
+            Self::A3 => (11.69, 16.54),
+            Self::A5 => (5.83, 8.27),
+            Self::Letter => (8.5, 11.0),
+            Self::Legal => (8.5, 14.0),
+            Self::Tabloid => (11.0, 17.0),
+        }
+    }
+}
+
 /// What a selector wait waits for.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -681,6 +748,38 @@ pub(crate) fn thumbnail(field: &str, t: &Thumbnail) -> Result<(), ContractError>
         )),
         _ => Ok(()),
     }
+}
+
+pub(crate) fn pdf(field: &str, p: &PdfOptions) -> Result<(), ContractError> {
+    if p.margin_mm > 100 {
+        return Err(err(
+            ErrorCode::OutOfRange,
+            &format!("{field}.margin_mm"),
+            format!("{} is outside 0..=100", p.margin_mm),
+        ));
+    }
+    if !p.scale.is_finite() || !(0.1..=2.0).contains(&p.scale) {
+        return Err(err(
+            ErrorCode::OutOfRange,
+            &format!("{field}.scale"),
+            format!("{} is outside 0.1..=2", p.scale),
+        ));
+    }
+    if let Some(ranges) = &p.page_ranges {
+        let at = format!("{field}.page_ranges");
+        text(&at, ranges, 256, "page ranges")?;
+        if !ranges
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b" ,-".contains(&b))
+        {
+            return Err(err(
+                ErrorCode::Invalid,
+                &at,
+                "page ranges are numbers, `-` and `,` such as `1-3, 5`",
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn geolocation(field: &str, g: &Geolocation) -> Result<(), ContractError> {

@@ -88,6 +88,22 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub fit: Option<String>,
 
+    /// With --format pdf: a4 (default), a3, a5, letter, legal, tabloid.
+    #[arg(long)]
+    pub paper: Option<String>,
+
+    /// With --format pdf: print in landscape.
+    #[arg(long)]
+    pub pdf_landscape: bool,
+
+    /// With --format pdf: every margin in millimetres (default 10).
+    #[arg(long)]
+    pub margin_mm: Option<u32>,
+
+    /// With --format pdf: the pages to print, such as `1-3, 5`.
+    #[arg(long)]
+    pub page_ranges: Option<String>,
+
     /// Transparent background where the page sets none (png, webp).
     #[arg(long)]
     pub omit_background: bool,
@@ -217,7 +233,8 @@ impl SubmitArgs {
             "png" => ImageFormat::Png,
             "jpeg" | "jpg" => ImageFormat::Jpeg,
             "webp" => ImageFormat::Webp,
-            other => return Err(format!("--format {other}: use png, jpeg or webp")),
+            "pdf" => ImageFormat::Pdf,
+            other => return Err(format!("--format {other}: use png, jpeg, webp or pdf")),
         };
         let wait_for = match self.wait_for.as_str() {
             "load" => WaitFor::Load,
@@ -254,6 +271,7 @@ impl SubmitArgs {
                 .as_deref()
                 .map(|t| parse_thumbnail(t, named("--fit", &self.fit)?.unwrap_or_default()))
                 .transpose()?,
+            pdf: self.pdf()?,
             omit_background: self.omit_background,
             scroll_page: self.scroll_page,
             scroll_step: self.scroll_step,
@@ -335,6 +353,27 @@ impl SubmitArgs {
             .check_url(&job.url)
             .map_err(|e| format!("url: {e}"))?;
         Ok(job)
+    }
+}
+
+impl SubmitArgs {
+    /// The PDF settings the flags give, if any.
+    fn pdf(&self) -> Result<Option<url2png_core::job::PdfOptions>, String> {
+        if self.paper.is_none()
+            && !self.pdf_landscape
+            && self.margin_mm.is_none()
+            && self.page_ranges.is_none()
+        {
+            return Ok(None);
+        }
+        let defaults = url2png_core::job::PdfOptions::default();
+        Ok(Some(url2png_core::job::PdfOptions {
+            paper: named("--paper", &self.paper)?.unwrap_or_default(),
+            landscape: self.pdf_landscape,
+            margin_mm: self.margin_mm.unwrap_or(defaults.margin_mm),
+            page_ranges: self.page_ranges.clone(),
+            ..defaults
+        }))
     }
 }
 

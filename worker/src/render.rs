@@ -44,7 +44,7 @@ use chromiumoxide::cdp::browser_protocol::network::{
 use chromiumoxide::cdp::browser_protocol::page::{
     self, CaptureScreenshotFormat, CaptureScreenshotParams, DialogType, EventFrameNavigated,
     EventJavascriptDialogOpening, EventLifecycleEvent, GetLayoutMetricsParams,
-    HandleJavaScriptDialogParams, NavigateParams, SetBypassCspParams,
+    HandleJavaScriptDialogParams, NavigateParams, PrintToPdfParams, SetBypassCspParams,
     SetLifecycleEventsEnabledParams, Viewport,
 };
 use chromiumoxide::cdp::browser_protocol::target::{SessionId, TargetId};
@@ -976,6 +976,9 @@ impl Tab {
     }
 
     async fn capture(&self, options: &RenderOptions) -> Result<Rendered, RenderError> {
+        if options.format == ImageFormat::Pdf {
+            return self.print(options).await;
+        }
         let timeout = self.settings.cdp_timeout;
         let view = options.viewport();
         let scale = view.scale;
@@ -1040,7 +1043,7 @@ impl Tab {
             (None, false, false)
         };
         let format = match options.format {
-            ImageFormat::Png => CaptureScreenshotFormat::Png,
+            ImageFormat::Png | ImageFormat::Pdf => CaptureScreenshotFormat::Png,
             ImageFormat::Jpeg => CaptureScreenshotFormat::Jpeg,
             ImageFormat::Webp => CaptureScreenshotFormat::Webp,
         };
@@ -1080,6 +1083,67 @@ impl Tab {
             width,
             height,
             truncated,
+            status: None,
+            blocked_requests: 0,
+        })
+    }
+}
+
+impl Tab {
+    /// Print the page to PDF. Its size is the paper's, in CSS pixels (96
+    /// per inch).
+    async fn print(&self, options: &RenderOptions) -> Result<Rendered, RenderError> {
+        let pdf = options.pdf.clone().unwrap_or_default();
+        // Chromium turns the paper itself for `landscape`.
+        let (w, h) = pdf.paper.inches();
+        let margin = f64::from(pdf.margin_mm) / 25.4;
+        let params = PrintToPdfParams {
+            landscape: Some(pdf.landscape),
+            display_header_footer: Some(false),
+            print_background: Some(pdf.print_background),
+            scale: Some(pdf.scale),
+            paper_width: Some(w),
+            paper_height: Some(h),
+            margin_top: Some(margin),
+            margin_bottom: Some(margin),
+            margin_left: Some(margin),
+            margin_right: Some(margin),
+            page_ranges: pdf.page_ranges.clone(),
+            header_template: None,
+            footer_template: None,
+            prefer_css_page_size: Some(pdf.prefer_css_page_size),
+            transfer_mode: None,
+            generate_tagged_pdf: None,
+            generate_document_outline: None,
+        };
+        let data = match self
+            .cdp
+            .call(
+                Some(self.session.as_ref()),
+                params,
+                self.settings.cdp_timeout * 3,
+            )
+            .await
+        {
+            Ok(printed) => printed.data,
+            // Chromium refuses a range past the last page.
+            Err(CdpError::Protocol { message, .. }) if pdf.page_ranges.is_some() => {
+                return Err(RenderError::InvalidOption {
+                    field: "pdf.page_ranges",
+                    message,
+                });
+            }
+            Err(e) => return Err(RenderError::from_cdp("Page.printToPDF", e)),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(AsRef::<[u8]>::as_ref(&data))
+            .map_err(|e| RenderError::Cdp("Page.printToPDF", format!("bad PDF data: {e}")))?;
+        let (w, h) = if pdf.landscape { (h, w) } else { (w, h) };
+        Ok(Rendered {
+            bytes,
+            width: (w * 96.0).round() as u32,
+            height: (h * 96.0).round() as u32,
+            truncated: false,
             status: None,
             blocked_requests: 0,
         })

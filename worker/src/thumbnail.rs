@@ -32,6 +32,7 @@ pub fn make(
     let mut out = Vec::new();
     let encoded = match format {
         ImageFormat::Png => resized.write_with_encoder(PngEncoder::new(&mut out)),
+        ImageFormat::Pdf => return Err("a PDF has no thumbnail".into()),
         ImageFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, quality.unwrap_or(80))
             .write_image(
                 resized.to_rgb8().as_raw(),

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use url2png_core::job::{
-    Clip, ColorScheme, Cookie, Fit, Geolocation, ImageFormat, MediaType, RenderOptions,
-    ResourceKind, SelectorState, Thumbnail, WaitFor,
+    Clip, ColorScheme, Cookie, Fit, Geolocation, ImageFormat, MediaType, Paper, PdfOptions,
+    RenderOptions, ResourceKind, SelectorState, Thumbnail, WaitFor,
 };
 use url2png_core::{FailureReason, FailureRecord, JobMessage, KeyLayout};
 use url2png_testkit::{Fixtures, Page, TestAws};
@@ -911,5 +911,87 @@ async fn emulates_devices_agents_languages_zones_places_media_and_sends_headers_
         header(fixtures.hits(), "/agent", "accept-language").as_deref(),
         Some("fr-CA")
     );
+    worker.stop().await;
+}
+
+/// The pages of a PDF Chromium printed, by their `/MediaBox` (width and
+/// height in points).
+fn pdf_pages(bytes: &[u8]) -> Vec<(f64, f64)> {
+    assert!(bytes.starts_with(b"%PDF-"), "not a PDF");
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("/MediaBox [")
+        .map(|(at, _)| {
+            let rest = &text[at + "/MediaBox [".len()..];
+            let numbers: Vec<f64> = rest[..rest.find(']').unwrap()]
+                .split_whitespace()
+                .map(|n| n.parse().unwrap())
+                .collect();
+            (numbers[2] - numbers[0], numbers[3] - numbers[1])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_pdfs_on_the_paper_pages_and_orientation_asked() {
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    let worker = start_worker(&aws, &["--browsers", "1", "--pages-per-browser", "4"]).await;
+    fixtures.page(
+        "/report",
+        Page::html(
+            "<!doctype html><body><h1>Report</h1>\
+             <div style=\"break-after:page\">one</div><div style=\"break-after:page\">two</div>\
+             <div>three</div></body>",
+        ),
+    );
+    let job = |pdf: PdfOptions| {
+        JobMessage::new(
+            fixtures.url("/report"),
+            RenderOptions {
+                format: ImageFormat::Pdf,
+                pdf: Some(pdf),
+                ..RenderOptions::default()
+            },
+        )
+    };
+    let whole = job(PdfOptions::default());
+    let second = job(PdfOptions {
+        paper: Paper::Letter,
+        landscape: true,
+        page_ranges: Some("2".into()),
+        ..PdfOptions::default()
+    });
+    let past_the_end = job(PdfOptions {
+        page_ranges: Some("99".into()),
+        ..PdfOptions::default()
+    });
+    let all = [&whole, &second, &past_the_end];
+    send_jobs(&aws, &all.map(Clone::clone)).await;
+    let results = Results::wait(&aws, &all).await;
+
+    let key = |j: &JobMessage| results.layout.image(j.id, ImageFormat::Pdf);
+    let pages = pdf_pages(&get(&aws, &key(&whole)).await);
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    let (w, h) = pages[0];
+    assert!(
+        (w - 595.0).abs() < 2.0 && (h - 842.0).abs() < 2.0,
+        "A4 portrait: {w}x{h}"
+    );
+    let pages = pdf_pages(&get(&aws, &key(&second)).await);
+    assert_eq!(pages.len(), 1, "only page 2");
+    assert_eq!(pages[0], (792.0, 612.0), "letter, landscape");
+    let head = aws
+        .clients
+        .s3
+        .head_object()
+        .bucket(&aws.bucket)
+        .key(key(&whole))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/pdf"));
+    let record = results.failure(&past_the_end).await;
+    assert_eq!(record.reason, FailureReason::InvalidMessage);
+    assert!(record.message.contains("page_ranges"), "{}", record.message);
     worker.stop().await;
 }
