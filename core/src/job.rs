@@ -208,6 +208,18 @@ pub struct RenderOptions {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub block_urls: Vec<String>,
 
+    /// Do not load ads, and hide their slots (EasyList and uBlock's
+    /// filters).
+    #[serde(skip_serializing_if = "is_false")]
+    pub block_ads: bool,
+    /// Do not load trackers (EasyPrivacy and uBlock's privacy filters).
+    #[serde(skip_serializing_if = "is_false")]
+    pub block_trackers: bool,
+    /// Decline cookie and consent pop-ups (DuckDuckGo's autoconsent rules)
+    /// before the capture.
+    #[serde(skip_serializing_if = "is_false")]
+    pub block_cookie_banners: bool,
+
     // Emulation.
     /// A named device: sets the viewport, scale, mobile, touch and user
     /// agent (leave those out).
@@ -313,6 +325,9 @@ impl Default for RenderOptions {
             script: None,
             block_resources: Vec::new(),
             block_urls: Vec::new(),
+            block_ads: false,
+            block_trackers: false,
+            block_cookie_banners: false,
             device: None,
             landscape: false,
             mobile: false,
@@ -1558,6 +1573,9 @@ mod tests {
             script: Some("document.title = 'x'".into()),
             block_resources: vec![ResourceKind::Image, ResourceKind::Font],
             block_urls: vec!["*://ads.example/*".into()],
+            block_ads: true,
+            block_trackers: true,
+            block_cookie_banners: true,
             device: Some("pixel_8".into()),
             landscape: true,
             user_agent: Some("desktop".into()),

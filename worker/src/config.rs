@@ -137,6 +137,25 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_ALLOW_SCRIPTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_scripts: bool,
 
+    /// Where the filter lists for `block_ads` and `block_trackers` are:
+    /// the assets of Debian's `webext-ublock-origin-chromium` (EasyList,
+    /// EasyPrivacy and uBlock's own lists).
+    #[arg(
+        long,
+        env = "URL2PNG_FILTER_LISTS_DIR",
+        default_value = "/usr/share/chromium/extensions/ublock-origin/assets"
+    )]
+    pub filter_lists_dir: std::path::PathBuf,
+
+    /// The consent pop-up rules for `block_cookie_banners`: the standalone
+    /// bundle of the `@duckduckgo/autoconsent` npm package.
+    #[arg(
+        long,
+        env = "URL2PNG_CONSENT_SCRIPT",
+        default_value = "/usr/local/share/url2png/autoconsent.standalone.js"
+    )]
+    pub consent_script: std::path::PathBuf,
+
     /// Address of `/healthz` and `/metrics`.
     #[arg(long, env = "URL2PNG_WORKER_LISTEN", default_value = "127.0.0.1:9091", value_parser = parse_addr)]
     pub listen: SocketAddr,

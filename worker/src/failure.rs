@@ -197,6 +197,15 @@ impl JobFailure {
                 format!("The job's {what} threw an exception."),
             )
             .detail(text.clone()),
+            RenderError::Unavailable(missing) => Self::new(
+                FailureReason::RenderFailed,
+                false,
+                format!(
+                    "This worker cannot do what the job asks: {} is not installed.",
+                    missing.what
+                ),
+            )
+            .detail(missing.to_string()),
             RenderError::Crashed => Self::new(
                 FailureReason::BrowserCrashed,
                 true,

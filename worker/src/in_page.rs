@@ -95,6 +95,58 @@ const ELEMENT: &str = r#"(sel) => {
     };
 }"#;
 
+/// Every class and id name in the document (at most 20 000 of each).
+const NAMES: &str = r#"(() => {
+    const classes = new Set(), ids = new Set();
+    for (const el of document.querySelectorAll("[class], [id]")) {
+        if (el.id && ids.size < 20000) ids.add(el.id);
+        for (const c of el.classList) if (classes.size < 20000) classes.add(c);
+    }
+    return { classes: [...classes], ids: [...ids] };
+})()"#;
+
+/// Add a stylesheet hiding each selector of a filter list: one rule each,
+/// so a selector Chromium does not understand (lists carry some for other
+/// engines) is skipped alone.
+const HIDE_LISTED: &str = r#"(selectors) => {
+    const style = document.createElement("style");
+    style.setAttribute("data-url2png-lists", "");
+    (document.head || document.documentElement).appendChild(style);
+    let added = 0;
+    for (const s of selectors) {
+        try { style.sheet.insertRule(s + " { display: none !important; }", style.sheet.cssRules.length); added++; }
+        catch (e) {}
+    }
+    return added;
+}"#;
+
+/// Where the consent rules are: `"done"` once they declined a pop-up (or
+/// found nothing to do after finding a platform), `"busy"` while they
+/// work on one, `"none"` while none is found.
+const CONSENT: &str = r#"(() => {
+    const s = window.autoconsentStandalone;
+    if (!s) return "none";
+    const types = s.messages.map((m) => m.type);
+    if (types.includes("autoconsentDone") || types.includes("optOutResult") || types.includes("autoconsentError")) return "done";
+    if (types.includes("popupFound") || types.includes("cmpDetected")) return "busy";
+    return "none";
+})()"#;
+
+/// `NAMES`.
+pub fn class_and_id_names() -> Result<EvaluateParams, String> {
+    params(NAMES.to_owned(), false)
+}
+
+/// `HIDE_LISTED` applied to a filter list's selectors.
+pub fn hide_listed(selectors: &[String]) -> Result<EvaluateParams, String> {
+    params(format!("({HIDE_LISTED})({})", literal(selectors)), false)
+}
+
+/// `CONSENT`.
+pub fn consent_state() -> Result<EvaluateParams, String> {
+    params(CONSENT.to_owned(), false)
+}
+
 fn literal<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }

@@ -15,6 +15,7 @@
 pub mod ack;
 pub mod attempts;
 pub mod backoff;
+pub mod blocking;
 pub mod cdp;
 pub mod config;
 pub mod egress;
@@ -208,6 +209,10 @@ impl Worker {
             rendering: Arc::default(),
             renders: Arc::new(Semaphore::new(config.concurrency())),
             allow_scripts: config.allow_scripts,
+            blockers: Arc::new(crate::blocking::Blockers::new(
+                &config.filter_lists_dir,
+                &config.consent_script,
+            )),
         });
         let state = Arc::new(ReceiveState::default());
         let jobs = TaskTracker::new();

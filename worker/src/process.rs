@@ -66,6 +66,8 @@ pub struct Ctx {
     pub renders: Arc<tokio::sync::Semaphore>,
     /// Whether jobs may run their own JavaScript.
     pub allow_scripts: bool,
+    /// Ad, tracker and consent pop-up blocking.
+    pub blockers: Arc<crate::blocking::Blockers>,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
@@ -353,7 +355,11 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, JobFailure>
         .await
         .map_err(|e| JobFailure::transient(e.to_string()))?;
     tracing::debug!(elapsed = ?started.elapsed(), "page acquired");
-    let result = tokio::time::timeout(budget, lease.tab().render(&job.url, &job.options)).await;
+    let result = tokio::time::timeout(
+        budget,
+        lease.tab().render(&job.url, &job.options, &ctx.blockers),
+    )
+    .await;
     match result {
         Ok(Ok(rendered)) => {
             let blocked = lease.blocked();

@@ -42,10 +42,10 @@ use chromiumoxide::cdp::browser_protocol::network::{
     EventRequestWillBeSent, RequestId, ResourceType, SetCookiesParams,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
-    self, CaptureScreenshotFormat, CaptureScreenshotParams, DialogType, EventFrameNavigated,
-    EventJavascriptDialogOpening, EventLifecycleEvent, GetLayoutMetricsParams,
-    HandleJavaScriptDialogParams, NavigateParams, PrintToPdfParams, SetBypassCspParams,
-    SetLifecycleEventsEnabledParams, Viewport,
+    self, AddScriptToEvaluateOnNewDocumentParams, CaptureScreenshotFormat, CaptureScreenshotParams,
+    DialogType, EventFrameNavigated, EventJavascriptDialogOpening, EventLifecycleEvent,
+    GetLayoutMetricsParams, HandleJavaScriptDialogParams, NavigateParams, PrintToPdfParams,
+    SetBypassCspParams, SetLifecycleEventsEnabledParams, Viewport,
 };
 use chromiumoxide::cdp::browser_protocol::target::{SessionId, TargetId};
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
@@ -58,6 +58,7 @@ use url2png_core::job::{
 use url2png_core::keys::Phase;
 use url2png_core::policy::UrlPolicy;
 
+use crate::blocking::Blockers;
 use crate::cdp::{Cdp, CdpError, Event, Events};
 use crate::egress::Unreached;
 use crate::in_page::{self, Evaluated};
@@ -116,6 +117,9 @@ pub enum RenderError {
     /// The element to capture is not in the page, or has no box.
     #[error("no element to capture matches `{selector}` ({why})")]
     ElementNotFound { selector: String, why: &'static str },
+    /// A blocker the job asked for is not installed on this worker.
+    #[error("{0}")]
+    Unavailable(crate::blocking::Missing),
     /// The job's script or wait expression threw; `what` names the option.
     #[error("options.{what} threw: {text}")]
     Script { what: &'static str, text: String },
@@ -423,11 +427,12 @@ impl Tab {
         &self,
         url: &str,
         options: &RenderOptions,
+        blockers: &Blockers,
     ) -> Result<Rendered, RenderError> {
         self.enter(Phase::Navigation);
         self.wait_on(None);
         let mut events = self.events.lock().await;
-        self.prepare(url, options).await?;
+        let engines = self.prepare(url, options, blockers).await?;
 
         let navigation = self
             .call(
@@ -515,6 +520,13 @@ impl Tab {
         if !options.hide_selectors.is_empty() || options.css.is_some() {
             self.add_style(options).await?;
         }
+        if let Some(ads) = &engines.ads {
+            self.hide_ads(ads, url).await?;
+        }
+        if options.block_cookie_banners {
+            self.wait_on(Some("the consent pop-up to be declined".into()));
+            self.decline_consent().await?;
+        }
         if let Some(script) = &options.script {
             self.wait_on(Some("the job's script to finish".into()));
             match self
@@ -592,8 +604,30 @@ impl Tab {
     /// Set the page up as the job asks before it loads: the viewport and
     /// every emulation, cookies, and the job's request rules. The calls are
     /// sent at once and answered together.
-    async fn prepare(&self, url: &str, options: &RenderOptions) -> Result<(), RenderError> {
+    async fn prepare(
+        &self,
+        url: &str,
+        options: &RenderOptions,
+        blockers: &Blockers,
+    ) -> Result<Engines, RenderError> {
         let timeout = self.settings.cdp_timeout;
+        let engines = Engines {
+            ads: if options.block_ads {
+                Some(blockers.ads().await.map_err(RenderError::Unavailable)?)
+            } else {
+                None
+            },
+            trackers: if options.block_trackers {
+                Some(
+                    blockers
+                        .trackers()
+                        .await
+                        .map_err(RenderError::Unavailable)?,
+                )
+            } else {
+                None
+            },
+        };
         let view = options.viewport();
         let mut calls: Vec<BoxFuture<'_, Result<(), RenderError>>> = Vec::new();
         let mut metrics = SetDeviceMetricsOverrideParams::new(
@@ -773,7 +807,29 @@ impl Tab {
                 SetCookiesParams::new(cookies),
             ));
         }
-        if let Some(rules) = RequestRules::new(options, url) {
+        if options.block_cookie_banners {
+            let source = blockers
+                .consent_script()
+                .await
+                .map_err(RenderError::Unavailable)?;
+            calls.push(self.unit(
+                "Page.addScriptToEvaluateOnNewDocument",
+                AddScriptToEvaluateOnNewDocumentParams {
+                    source: source.as_str().to_owned(),
+                    world_name: None,
+                    include_command_line_api: None,
+                    run_immediately: None,
+                },
+                timeout,
+            ));
+        }
+        let listed: Vec<_> = engines
+            .ads
+            .iter()
+            .chain(engines.trackers.iter())
+            .cloned()
+            .collect();
+        if let Some(rules) = RequestRules::new(options, url, listed) {
             *self.rules.write().expect("rules") = Some(Arc::new(rules));
             // Every request pauses: the rules are decided here, by the
             // same matcher the tests check, not by Chromium's patterns.
@@ -798,7 +854,60 @@ impl Tab {
                 timeout,
             ));
         }
-        futures::future::try_join_all(calls).await.map(|_| ())
+        futures::future::try_join_all(calls).await?;
+        Ok(engines)
+    }
+
+    /// Hide what the ad lists say to hide on this page: the rules for its
+    /// host, and the generic ones for the classes and ids it has.
+    async fn hide_ads(&self, engine: &adblock::Engine, url: &str) -> Result<(), RenderError> {
+        #[derive(serde::Deserialize, Default)]
+        struct Names {
+            classes: Vec<String>,
+            ids: Vec<String>,
+        }
+        let names = match self
+            .evaluate("Runtime.evaluate", in_page::class_and_id_names())
+            .await?
+        {
+            Evaluated::Value(v) => serde_json::from_value::<Names>(v).unwrap_or_default(),
+            Evaluated::Threw { text, .. } => {
+                return Err(RenderError::Cdp("Runtime.evaluate", text));
+            }
+        };
+        let selectors = crate::blocking::hiding(engine, url, &names.classes, &names.ids);
+        if selectors.is_empty() {
+            return Ok(());
+        }
+        match self
+            .evaluate("Runtime.evaluate", in_page::hide_listed(&selectors))
+            .await?
+        {
+            Evaluated::Value(_) => Ok(()),
+            Evaluated::Threw { text, .. } => Err(RenderError::Cdp("Runtime.evaluate", text)),
+        }
+    }
+
+    /// Let the consent rules find the page's consent pop-up and decline
+    /// it: done when they say so, or when none was found soon after load.
+    async fn decline_consent(&self) -> Result<(), RenderError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let state = match self
+                .evaluate("Runtime.evaluate", in_page::consent_state())
+                .await?
+            {
+                Evaluated::Value(v) => v,
+                Evaluated::Threw { text, .. } => {
+                    return Err(RenderError::Cdp("Runtime.evaluate", text));
+                }
+            };
+            match state.as_str() {
+                Some("done") => return Ok(()),
+                Some("none") if started.elapsed() >= CONSENT_DETECTION => return Ok(()),
+                _ => tokio::time::sleep(EXPRESSION_POLL).await,
+            }
+        }
     }
 
     /// A call whose answer carries nothing the render needs.
@@ -1275,6 +1384,15 @@ async fn pump(
 
 /// How long a failed navigation waits to learn whether the renderer died.
 const CRASH_GRACE: Duration = Duration::from_millis(300);
+
+/// How long after load the consent rules may take to find a pop-up.
+const CONSENT_DETECTION: Duration = Duration::from_millis(1500);
+
+/// The filter-list engines a job uses.
+struct Engines {
+    ads: Option<Arc<adblock::Engine>>,
+    trackers: Option<Arc<adblock::Engine>>,
+}
 
 /// How often a wait expression is evaluated again.
 const EXPRESSION_POLL: Duration = Duration::from_millis(100);

@@ -10,12 +10,15 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::sync::Arc;
+
+use adblock::Engine;
 use chromiumoxide::cdp::browser_protocol::fetch::HeaderEntry;
 use chromiumoxide::cdp::browser_protocol::network::{Request, ResourceType};
 use url2png_core::job::{RenderOptions, ResourceKind};
 
 /// The rules of one job.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RequestRules {
     kinds: HashSet<ResourceType>,
     /// Sub-documents (frames) are blocked.
@@ -24,8 +27,21 @@ pub struct RequestRules {
     headers: Vec<(String, String)>,
     /// Exact host names, and suffixes (`.example.com`) from `*.` rules.
     hosts: Vec<HostRule>,
+    /// Filter-list engines (ads, trackers) and the page they judge for.
+    engines: Vec<Arc<Engine>>,
+    page: String,
     /// Requests these rules refused.
     blocked: AtomicU32,
+}
+
+impl std::fmt::Debug for RequestRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestRules")
+            .field("kinds", &self.kinds)
+            .field("urls", &self.urls)
+            .field("engines", &self.engines.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,14 +85,19 @@ pub enum Verdict {
 impl RequestRules {
     /// The rules `options` ask for on a page at `page_url`; `None` when
     /// they ask for none (the pump then pauses nothing for them).
-    pub fn new(options: &RenderOptions, page_url: &str) -> Option<Self> {
+    pub fn new(options: &RenderOptions, page_url: &str, engines: Vec<Arc<Engine>>) -> Option<Self> {
         if options.block_resources.is_empty()
             && options.block_urls.is_empty()
             && options.headers.is_empty()
+            && engines.is_empty()
         {
             return None;
         }
-        let mut rules = Self::default();
+        let mut rules = Self {
+            engines,
+            page: page_url.to_owned(),
+            ..Self::default()
+        };
         for kind in &options.block_resources {
             match kind {
                 ResourceKind::Image => {
@@ -131,7 +152,7 @@ impl RequestRules {
     /// through. `main_document` is the page's own document, which is never
     /// blocked.
     pub fn verdict(&self, request: &Request, kind: &ResourceType, main_document: bool) -> Verdict {
-        if !main_document && self.blocks(&request.url, kind) {
+        if !main_document && self.blocks(&request.url, kind, &request.method) {
             self.blocked.fetch_add(1, Ordering::Relaxed);
             return Verdict::Block;
         }
@@ -182,10 +203,14 @@ impl RequestRules {
         }
     }
 
-    fn blocks(&self, url: &str, kind: &ResourceType) -> bool {
+    fn blocks(&self, url: &str, kind: &ResourceType, method: &str) -> bool {
         self.kinds.contains(kind)
             || (self.frames && *kind == ResourceType::Document)
             || self.urls.iter().any(|p| wildcard(p, url))
+            || self
+                .engines
+                .iter()
+                .any(|e| crate::blocking::blocks(e, url, &self.page, kind, method))
     }
 }
 
@@ -258,7 +283,7 @@ mod tests {
             header_hosts: vec!["*.cdn.example".into()],
             ..RenderOptions::default()
         };
-        let rules = RequestRules::new(&options, "https://Shop.example/a").unwrap();
+        let rules = RequestRules::new(&options, "https://Shop.example/a", Vec::new()).unwrap();
         let with = |v: Verdict| match v {
             Verdict::WithHeaders(h) => h.into_iter().map(|e| (e.name, e.value)).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
@@ -304,7 +329,7 @@ mod tests {
             block_urls: vec!["*tracker*".into()],
             ..RenderOptions::default()
         };
-        let rules = RequestRules::new(&options, "http://127.0.0.1/").unwrap();
+        let rules = RequestRules::new(&options, "http://127.0.0.1/", Vec::new()).unwrap();
         let none = serde_json::json!({});
         let v = |url: &str, kind: ResourceType, main: bool| {
             rules.verdict(&request(url, none.clone()), &kind, main)
@@ -330,6 +355,6 @@ mod tests {
             Verdict::Continue
         );
         assert_eq!(rules.blocked(), 3);
-        assert!(RequestRules::new(&RenderOptions::default(), "http://a/").is_none());
+        assert!(RequestRules::new(&RenderOptions::default(), "http://a/", Vec::new()).is_none());
     }
 }

@@ -995,3 +995,148 @@ async fn prints_pdfs_on_the_paper_pages_and_orientation_asked() {
     assert!(record.message.contains("page_ranges"), "{}", record.message);
     worker.stop().await;
 }
+
+/// A red page under a white, full-screen consent banner of one kind; the
+/// page's "reject" path removes the banner and reports the choice to
+/// `/choice?<kind>=reject`.
+fn consent_page(kind: &str) -> Page {
+    let (banner, script) = match kind {
+        // A OneTrust banner: found by its DOM, declined with its button.
+        "onetrust" => (
+            "<div id=\"onetrust-banner-sdk\" style=\"position:fixed;inset:0;background:#fff\">\
+             <p>We use cookies.</p><button id=\"onetrust-accept-btn-handler\">Accept</button>\
+             <button id=\"onetrust-reject-all-handler\" onclick=\"choose('reject')\">Reject all</button></div>",
+            "window.OnetrustActiveGroups = ',C0001,';",
+        ),
+        // A Cookiebot dialog: found and declined through its JavaScript API.
+        "cookiebot" => (
+            "<div id=\"CybotCookiebotDialog\" style=\"position:fixed;inset:0;background:#fff\">\
+             <p>This website uses cookies.</p></div>",
+            "window.Cookiebot = { hasResponse: false, dialog: { visible: true }, \
+             withdraw() { choose('reject'); }, hide() { this.dialog.visible = false; } };",
+        ),
+        // No known platform: a banner the heuristics must recognise.
+        _ => (
+            "<div id=\"cookie-notice\" role=\"dialog\" style=\"position:fixed;left:0;right:0;bottom:0;height:100%;background:#fff\">\
+             <p>We use cookies to improve your experience. You can accept or reject cookies.</p>\
+             <button onclick=\"choose('accept')\">Accept all cookies</button>\
+             <button onclick=\"choose('reject')\">Reject all cookies</button></div>",
+            "",
+        ),
+    };
+    Page::html(format!(
+        "<!doctype html><html><body style=\"margin:0;background:#f00\"><main>content</main>{banner}\
+         <script>function choose(c) {{ fetch('/choice?{kind}=' + c); \
+         for (const id of ['onetrust-banner-sdk', 'CybotCookiebotDialog', 'cookie-notice']) \
+         {{ const e = document.getElementById(id); if (e) e.remove(); }} }} {script}</script></body></html>"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_ads_and_trackers_by_the_packaged_lists_and_declines_consent_banners_of_each_kind() {
+    let aws = TestAws::start().await;
+    // Not 127.0.0.1: EasyList turns its generic element rules off there
+    // (`@@://127.0.0.1$generichide`), for developers' own pages.
+    let fixtures = Fixtures::start_on("127.0.0.3".parse().unwrap()).await;
+    let mut cfg = config(&aws, &["--browsers", "1", "--pages-per-browser", "4"]);
+    cfg.policy.allow = "127.0.0.3/32".into();
+    let worker = start_worker_with(cfg, &aws).await;
+    for tag in ["listed", "unlisted"] {
+        fixtures.page(
+            format!("/{tag}"),
+            Page::html(format!(
+                "<!doctype html><body style=\"margin:0;background:#fff\">\
+                 <img src=\"/{tag}/banner_ads/top.png\"><script src=\"/{tag}/gtag.js\"></script>\
+                 <script src=\"/{tag}/app.js\"></script>\
+                 <div class=\"ad-banner-300\" style=\"position:fixed;inset:0;background:#00f\"></div></body>"
+            )),
+        );
+        for path in ["banner_ads/top.png", "gtag.js", "app.js"] {
+            fixtures.page(format!("/{tag}/{path}"), Page::bytes("text/plain", "//"));
+        }
+    }
+    for kind in ["onetrust", "cookiebot", "generic"] {
+        fixtures.page(format!("/consent/{kind}"), consent_page(kind));
+    }
+    fixtures.page("/choice", Page::html("ok"));
+
+    let job =
+        |path: &str, options: RenderOptions| JobMessage::new(fixtures.url(path), small(options));
+    let listed = job(
+        "/listed",
+        RenderOptions {
+            block_ads: true,
+            block_trackers: true,
+            ..RenderOptions::default()
+        },
+    );
+    let unlisted = job("/unlisted", RenderOptions::default());
+    let consent: Vec<JobMessage> = ["onetrust", "cookiebot", "generic"]
+        .iter()
+        .map(|kind| {
+            job(
+                &format!("/consent/{kind}"),
+                RenderOptions {
+                    block_cookie_banners: true,
+                    ..RenderOptions::default()
+                },
+            )
+        })
+        .collect();
+    let kept = job("/consent/onetrust", RenderOptions::default());
+    let mut all = vec![&listed, &unlisted, &kept];
+    all.extend(consent.iter());
+    send_jobs(&aws, &all.iter().map(|j| (*j).clone()).collect::<Vec<_>>()).await;
+    let results = Results::wait(&aws, &all).await;
+
+    assert_eq!(
+        fixtures.hits_on("/listed/banner_ads/top.png"),
+        0,
+        "EasyList's rule"
+    );
+    assert_eq!(fixtures.hits_on("/listed/gtag.js"), 0, "EasyPrivacy's rule");
+    assert_eq!(
+        fixtures.hits_on("/listed/app.js"),
+        1,
+        "the page's own script"
+    );
+    assert_eq!(
+        px(&results.image(&listed).await, 50, 50),
+        WHITE,
+        "the ad slot is hidden by the list's element rule"
+    );
+    for path in [
+        "/unlisted/banner_ads/top.png",
+        "/unlisted/gtag.js",
+        "/unlisted/app.js",
+    ] {
+        assert_eq!(fixtures.hits_on(path), 1, "{path} loads without blocking");
+    }
+    assert_eq!(px(&results.image(&unlisted).await, 50, 50), BLUE);
+
+    for (job, kind) in consent.iter().zip(["onetrust", "cookiebot", "generic"]) {
+        assert_eq!(
+            px(&results.image(job).await, 50, 50),
+            RED,
+            "{kind}: the banner is gone from the capture"
+        );
+        let choices: Vec<String> = fixtures
+            .hits()
+            .into_iter()
+            .filter(|h| h.path == "/choice")
+            .filter_map(|h| h.query)
+            .filter(|q| q.starts_with(&format!("{kind}=")))
+            .collect();
+        assert_eq!(
+            choices,
+            [format!("{kind}=reject")],
+            "{kind}: declined, not accepted"
+        );
+    }
+    assert_eq!(
+        px(&results.image(&kept).await, 50, 50),
+        WHITE,
+        "without the option the banner stays"
+    );
+    worker.stop().await;
+}
