@@ -158,6 +158,18 @@ pub struct SubmitArgs {
     #[arg(long = "block-url")]
     pub block_urls: Vec<String>,
 
+    /// Do not load ads and hide their slots.
+    #[arg(long)]
+    pub block_ads: bool,
+
+    /// Do not load trackers.
+    #[arg(long)]
+    pub block_trackers: bool,
+
+    /// Decline cookie and consent pop-ups before the capture.
+    #[arg(long)]
+    pub block_cookie_banners: bool,
+
     /// A named device (iphone_15, pixel_8, ipad_air, …).
     #[arg(long)]
     pub device: Option<String>,
@@ -293,6 +305,9 @@ impl SubmitArgs {
                 .map(|k| named("--block-resource", &Some(k.clone())).map(Option::unwrap))
                 .collect::<Result<_, _>>()?,
             block_urls: self.block_urls.clone(),
+            block_ads: self.block_ads,
+            block_trackers: self.block_trackers,
+            block_cookie_banners: self.block_cookie_banners,
             device: self.device.clone(),
             landscape: self.landscape,
             mobile: self.mobile,
@@ -640,6 +655,7 @@ mod tests {
             (8, Some(400), 50)
         );
         assert!(o.omit_background && o.scroll_page && o.landscape && o.reduced_motion);
+        assert!(o.block_ads && o.block_trackers && o.block_cookie_banners);
         assert_eq!(o.wait_for_selector_state, SelectorState::Hidden);
         assert_eq!(o.network_idle_ms, 900);
         assert_eq!(o.hide_selectors, [".a", ".b"]);

@@ -920,6 +920,7 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
              set('hide_selectors', '.x, .y'); set('block', 'font'); set('user_agent', 'android'); \
              set('delay_ms', '250'); document.getElementById('dark').checked = true; \
              document.getElementById('scroll_page').checked = true; \
+             document.getElementById('block_cookie_banners').checked = true; \
              return JSON.stringify(options()); })()",
         )
         .await
@@ -932,7 +933,7 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
         serde_json::json!({
             "device": "pixel_8", "format": "jpeg", "selector": "h1", "user_agent": "android",
             "delay_ms": 250, "hide_selectors": [".x", ".y"], "block_resources": ["font"],
-            "color_scheme": "dark", "scroll_page": true,
+            "color_scheme": "dark", "scroll_page": true, "block_cookie_banners": true,
         })
     );
     let answer: i64 = page
@@ -976,6 +977,9 @@ fn every_option() -> url2png_core::RenderOptions {
         script: Some("1".into()),
         block_resources: vec![ResourceKind::Font],
         block_urls: vec!["*x*".into()],
+        block_ads: true,
+        block_trackers: true,
+        block_cookie_banners: true,
         device: Some("pixel_8".into()),
         landscape: true,
         mobile: true,
