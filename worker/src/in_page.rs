@@ -298,7 +298,11 @@ mod tests {
         };
         assert_eq!(padded(&b, 0), (10.0, 20.0, 101.0, 51.0));
         assert_eq!(padded(&b, 20), (0.0, 0.0, 131.0, 91.0));
-        assert_eq!(padded(&b, 500), (0.0, 0.0, 200.0, 1000.0));
+        assert_eq!(
+            padded(&b, 500),
+            (0.0, 0.0, 200.0, 571.0),
+            "cut at the right edge"
+        );
     }
 
     #[test]

@@ -964,6 +964,7 @@ fn every_option() -> url2png_core::RenderOptions {
             height: None,
             fit: Fit::Contain,
         }),
+        pdf: Some(PdfOptions::default()),
         omit_background: true,
         scroll_page: true,
         scroll_step: Some(200),
@@ -1076,6 +1077,9 @@ async fn the_openapi_document_matches_what_the_api_does() {
         "mobile",
         "touch",
         "reduced_motion",
+        "block_ads",
+        "block_trackers",
+        "block_cookie_banners",
     ] {
         defaults[flag] = json!(false);
     }

@@ -1140,3 +1140,55 @@ async fn blocks_ads_and_trackers_by_the_packaged_lists_and_declines_consent_bann
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_at_the_height_cap_is_captured_whole_without_repeated_or_blank_bands() {
+    let aws = TestAws::start().await;
+    let fixtures = Fixtures::start().await;
+    let worker = start_worker(&aws, &["--browsers", "1", "--pages-per-browser", "2"]).await;
+    // 32 bands of 1024 px, each its own colour, then more page below the
+    // cap: a repeated tile or an unpainted one shows as a band of the
+    // wrong colour.
+    let colour = |i: u32| {
+        [
+            (i * 37 % 256) as u8,
+            (i * 91 % 256) as u8,
+            ((200 + i * 7) % 256) as u8,
+        ]
+    };
+    let bands: String = (0..40)
+        .map(|i| {
+            let [r, g, b] = colour(i);
+            format!("<div style=\"height:1024px;background:rgb({r},{g},{b})\"></div>")
+        })
+        .collect();
+    fixtures.page(
+        "/tall",
+        Page::html(format!(
+            "<!doctype html><body style=\"margin:0\">{bands}</body>"
+        )),
+    );
+    let job = JobMessage::new(
+        fixtures.url("/tall"),
+        RenderOptions {
+            width: 400,
+            height: 800,
+            full_page: true,
+            full_page_max_height: 32_768,
+            timeout_ms: 60_000,
+            ..RenderOptions::default()
+        },
+    );
+    send_jobs(&aws, std::slice::from_ref(&job)).await;
+    let results = Results::wait(&aws, &[&job]).await;
+    let img = results.image(&job).await;
+    assert_eq!(img.dimensions(), (400, 32_768), "cut at the cap");
+    for i in 0..32 {
+        let [r, g, b] = colour(i);
+        for y in [i * 1024 + 10, i * 1024 + 1013] {
+            assert_eq!(px(&img, 200, y), [r, g, b, 255], "band {i} at y {y}");
+        }
+    }
+    assert_eq!(results.metadata(&job).await["truncated"], "true");
+    worker.stop().await;
+}
