@@ -740,10 +740,19 @@ async fn emulates_devices_agents_languages_zones_places_media_and_sends_headers_
         )),
     );
     fixtures.page("/own.png", Page::bytes("image/png", Vec::new()));
+    fixtures.page(
+        "/named",
+        Page::html(format!(
+            "<!doctype html><body><img src=\"{}\"></body>",
+            other.url("/named.png")
+        )),
+    );
+    other.page("/named.png", Page::bytes("image/png", Vec::new()));
     fixtures.page("/hop", Page::redirect(other.url("/hopped.png")));
     other.page("/other.png", Page::bytes("image/png", Vec::new()));
     other.page("/hopped.png", Page::bytes("image/png", Vec::new()));
     fixtures.page("/agent", Page::html("<p>agent</p>"));
+    fixtures.page("/turned", Page::html("<p>turned</p>"));
 
     let job = |path: &str, options: RenderOptions| JobMessage::new(fixtures.url(path), options);
     let phone = job(
@@ -832,6 +841,22 @@ async fn emulates_devices_agents_languages_zones_places_media_and_sends_headers_
             ..RenderOptions::default()
         }),
     );
+    let named = job(
+        "/named",
+        small(RenderOptions {
+            headers: BTreeMap::from([("X-Tenant".into(), "acme".into())]),
+            header_hosts: vec!["127.0.0.3".into()],
+            ..RenderOptions::default()
+        }),
+    );
+    let turned = job(
+        "/turned",
+        RenderOptions {
+            device: Some("pixel_8".into()),
+            landscape: true,
+            ..RenderOptions::default()
+        },
+    );
     let agent = job(
         "/agent",
         small(RenderOptions {
@@ -842,7 +867,7 @@ async fn emulates_devices_agents_languages_zones_places_media_and_sends_headers_
     );
     let all = [
         &phone, &languages, &zone, &bad_zone, &locale, &place, &dark, &light, &still, &print,
-        &mixed, &agent,
+        &mixed, &agent, &named, &turned,
     ];
     send_jobs(&aws, &all.map(Clone::clone)).await;
     let results = Results::wait(&aws, &all).await;
@@ -902,6 +927,16 @@ async fn emulates_devices_agents_languages_zones_places_media_and_sends_headers_
             "{path}: no cookie"
         );
     }
+    assert_eq!(
+        header(other.hits(), "/named.png", "x-tenant").as_deref(),
+        Some("acme"),
+        "a host the job named gets the header"
+    );
+    let (w, h) = results.image(&turned).await.dimensions();
+    assert!(
+        w.abs_diff(2402) <= 1 && h.abs_diff(1082) <= 1,
+        "pixel_8 turned: 915×412 at 2.625, got {w}×{h}"
+    );
     let ua = header(fixtures.hits(), "/agent", "user-agent").unwrap();
     assert!(
         ua.contains("Windows NT") && ua.contains("Chrome/") && !ua.contains("Headless"),
