@@ -120,16 +120,17 @@ const HIDE_LISTED: &str = r#"(selectors) => {
     return added;
 }"#;
 
-/// Where the consent rules are: `"done"` once they declined a pop-up (or
-/// found nothing to do after finding a platform), `"busy"` while they
-/// work on one, `"none"` while none is found.
+/// Where the consent rules are, by their own lifecycle: `"done"` once
+/// they finished (declined, failed, or found nothing), `"busy"` while they
+/// work on a pop-up they found, `"searching"` before, `"absent"` when
+/// they are not in the page.
 const CONSENT: &str = r#"(() => {
     const s = window.autoconsentStandalone;
-    if (!s) return "none";
-    const types = s.messages.map((m) => m.type);
-    if (types.includes("autoconsentDone") || types.includes("optOutResult") || types.includes("autoconsentError")) return "done";
-    if (types.includes("popupFound") || types.includes("cmpDetected")) return "busy";
-    return "none";
+    if (!s || !s.instance || !s.instance.state) return "absent";
+    const l = s.instance.state.lifecycle;
+    if (["nothingDetected", "optOutSucceeded", "optOutFailed", "optInSucceeded", "optInFailed", "done"].includes(l)) return "done";
+    if (["cmpDetected", "openPopupDetected", "runningOptOut", "runningOptIn"].includes(l)) return "busy";
+    return "searching";
 })()"#;
 
 /// `NAMES`.

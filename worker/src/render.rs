@@ -448,6 +448,21 @@ impl Tab {
             if self.renderer_crashed(&mut events).await {
                 return Err(RenderError::Crashed);
             }
+            // The pump notes the main document's response before letting it
+            // through, so what the egress proxy said about it is known by
+            // now: Chromium may turn the proxy's empty error answer into a
+            // failed navigation (`ERR_HTTP_RESPONSE_CODE_FAILURE`) rather
+            // than a page, and the proxy's reason is the better one.
+            let (blocked, unreached) = {
+                let document = self.document.lock().expect("document");
+                (document.blocked.clone(), document.unreached)
+            };
+            if let Some(reason) = blocked {
+                return Err(RenderError::Blocked { reason });
+            }
+            if let Some(kind) = unreached {
+                return Err(RenderError::Unreached(kind));
+            }
             let error = NetError::parse(&text);
             if error == NetError::BlockedByClient
                 && let Some((url, reason)) = self.document.lock().expect("document").refused.clone()
@@ -889,7 +904,8 @@ impl Tab {
     }
 
     /// Let the consent rules find the page's consent pop-up and decline
-    /// it: done when they say so, or when none was found soon after load.
+    /// it: done when they say they are (declined, failed, or nothing
+    /// found), or when they found nothing within [`CONSENT_SEARCH`].
     async fn decline_consent(&self) -> Result<(), RenderError> {
         let started = tokio::time::Instant::now();
         loop {
@@ -902,9 +918,13 @@ impl Tab {
                     return Err(RenderError::Cdp("Runtime.evaluate", text));
                 }
             };
+            let waited = started.elapsed();
             match state.as_str() {
                 Some("done") => return Ok(()),
-                Some("none") if started.elapsed() >= CONSENT_DETECTION => return Ok(()),
+                Some("absent") if waited >= CONSENT_START => return Ok(()),
+                Some("searching") if waited >= CONSENT_SEARCH => return Ok(()),
+                // A pop-up found is declined, however long that takes
+                // within the job's timeout.
                 _ => tokio::time::sleep(EXPRESSION_POLL).await,
             }
         }
@@ -1385,8 +1405,12 @@ async fn pump(
 /// How long a failed navigation waits to learn whether the renderer died.
 const CRASH_GRACE: Duration = Duration::from_millis(300);
 
-/// How long after load the consent rules may take to find a pop-up.
-const CONSENT_DETECTION: Duration = Duration::from_millis(1500);
+/// How long after load the consent rules may take to start (a document
+/// that runs no script, such as an image, never starts them).
+const CONSENT_START: Duration = Duration::from_millis(1500);
+/// How long after load they may search for a pop-up; they stop sooner on
+/// a page whose document stops changing.
+const CONSENT_SEARCH: Duration = Duration::from_secs(5);
 
 /// The filter-list engines a job uses.
 struct Engines {
