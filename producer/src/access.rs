@@ -51,17 +51,23 @@ impl Scripts {
         match self {
             Self::Off => false,
             Self::All => true,
-            Self::Keys(keys) => headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|token| {
-                    keys.iter().fold(false, |found, key| {
-                        found | constant_time_eq(key, token.trim().as_bytes())
-                    })
-                }),
+            Self::Keys(keys) => bearer(headers).is_some_and(|token| {
+                keys.iter().fold(false, |found, key| {
+                    found | constant_time_eq(key, token.as_bytes())
+                })
+            }),
         }
     }
+}
+
+/// The request's bearer token, if it carries one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Access settings, shared by the middleware.
@@ -109,18 +115,13 @@ impl Access {
         if self.keys.is_empty() {
             return true;
         }
-        let Some(token) = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let Some(token) = bearer(request.headers()) else {
             return false;
         };
         // Compare with every key, each in constant time, so timing tells
         // nothing about which bytes matched.
         self.keys.iter().fold(false, |found, key| {
-            found | constant_time_eq(key, token.trim().as_bytes())
+            found | constant_time_eq(key, token.as_bytes())
         })
     }
 

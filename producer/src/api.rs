@@ -24,6 +24,7 @@ use url2png_core::policy::UrlPolicy;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::cache::CacheRequest;
 use crate::sender::{Handoff, SendError, Sender};
 
 /// Most jobs in one batch request.
@@ -53,9 +54,29 @@ pub struct AppState {
     pub scripts: crate::access::Scripts,
 }
 
-/// A job from a request's value, checked as [`job_from_value`] does and
-/// for whether this client may run scripts.
-fn admit(state: &AppState, headers: &HeaderMap, value: Value) -> Result<JobMessage, ApiError> {
+/// A validated request: the job, and what it asked of the cache.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub job: JobMessage,
+    pub cache: Option<CacheRequest>,
+}
+
+/// A submission from a request's value, checked as [`job_from_value`]
+/// does and for whether this client may run scripts.
+fn admit(state: &AppState, headers: &HeaderMap, value: Value) -> Result<Submission, ApiError> {
+    let mut value = value;
+    let cache = match &mut value {
+        Value::Object(object) => {
+            let mut cache = crate::cache::take_fields(object)?;
+            if let Some(Value::Object(nested)) = object.get_mut("options")
+                && let Some(inner) = crate::cache::take_fields(nested)?
+            {
+                cache = Some(inner);
+            }
+            cache
+        }
+        _ => None,
+    };
     let job = job_from_value(value, &state.policy, &state.id_secret)?;
     if job.options.uses_scripts() && !state.scripts.allowed(headers) {
         let field = if job.options.script.is_some() {
@@ -75,7 +96,7 @@ fn admit(state: &AppState, headers: &HeaderMap, value: Value) -> Result<JobMessa
             retry_after: None,
         });
     }
-    Ok(job)
+    Ok(Submission { job, cache })
 }
 
 /// An API error, as `{"error": {"code", "message", "field"}}`.
@@ -107,6 +128,14 @@ impl ApiError {
         }
     }
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -226,6 +255,17 @@ pub struct SubmitRequest {
     /// policy allows.
     #[schema(max_length = 8192, example = "https://example.com/")]
     pub url: String,
+    /// Answer with a result of the same URL and options accepted less
+    /// than this many seconds ago, if there is one (200, `cache: hit`), or
+    /// share an identical job still pending; otherwise queue a new job and
+    /// make it the cached one. Results are shared per API key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 2592000)]
+    pub cache_ttl: Option<u64>,
+    /// Render again even if a fresh result exists, and make the new job
+    /// the cached one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
     #[serde(flatten)]
     #[schema(inline)]
     pub options: RenderOptions,
@@ -249,6 +289,10 @@ pub struct Accepted {
     pub status_url: String,
     /// Where the image will be (303 to it once done).
     pub image_url: String,
+    /// With `cache_ttl` or `force`: whether this is a new job (`miss`) or
+    /// an identical pending one (`shared`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheAnswer>,
 }
 
 /// The error body of every refusal.
@@ -285,6 +329,10 @@ pub struct BatchItem {
     pub status_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
+    /// With `cache_ttl` or `force`: `hit` (status `done`, nothing queued),
+    /// `shared` or `miss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheAnswer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
@@ -297,7 +345,19 @@ impl BatchItem {
             status: Some(job.status),
             status_url: Some(job.status_url),
             image_url: Some(job.image_url),
+            cache: job.cache,
             error: None,
+        }
+    }
+
+    fn of(state: &AppState, outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Queued { job, cache } => Self::accepted(accepted(state, job.id, *cache)),
+            Outcome::Shared(id) => Self::accepted(accepted(state, *id, Some(CacheAnswer::Shared))),
+            Outcome::Hit(id, _) => Self {
+                status: Some("done"),
+                ..Self::accepted(accepted(state, *id, Some(CacheAnswer::Hit)))
+            },
         }
     }
 
@@ -308,6 +368,7 @@ impl BatchItem {
             status: None,
             status_url: None,
             image_url: None,
+            cache: None,
             error: Some(error.detail()),
         }
     }
@@ -366,14 +427,163 @@ pub enum JobStatus {
     },
 }
 
-fn accepted(state: &AppState, job: &JobMessage) -> Accepted {
+fn accepted(state: &AppState, id: Uuid, cache: Option<CacheAnswer>) -> Accepted {
     let base = state.public_url.trim_end_matches('/');
     Accepted {
-        id: job.id,
+        id,
         status: "pending",
-        status_url: format!("{base}/v1/screenshots/{}", job.id),
-        image_url: format!("{base}/v1/screenshots/{}/image", job.id),
+        status_url: format!("{base}/v1/screenshots/{id}"),
+        image_url: format!("{base}/v1/screenshots/{id}/image"),
+        cache,
     }
+}
+
+/// What the cache did for a request that gave `cache_ttl` or `force`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheAnswer {
+    /// A fresh result existed: no job was queued.
+    Hit,
+    /// An identical job accepted within `cache_ttl` is still pending:
+    /// this answer names it, and no job was queued.
+    Shared,
+    /// A new job was queued (none was fresh, or `force`).
+    Miss,
+}
+
+/// How a submission was answered.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Queued as a new job.
+    Queued {
+        job: Box<JobMessage>,
+        cache: Option<CacheAnswer>,
+    },
+    /// An identical job accepted within `cache_ttl` is still pending.
+    Shared(Uuid),
+    /// A fresh result exists.
+    Hit(Uuid, Status),
+}
+
+/// What a look in the cache found.
+enum Look {
+    /// Answer with this.
+    Use(Outcome),
+    /// Nothing usable; replace the stale entry with this ETag.
+    Replace(String),
+    /// No entry.
+    Absent,
+}
+
+async fn look(state: &AppState, key: &str, ttl: Duration) -> Result<Look, ApiError> {
+    let Some(found) = crate::cache::read(state, key).await? else {
+        return Ok(Look::Absent);
+    };
+    if !crate::cache::fresh(state, found.id, ttl) {
+        return Ok(Look::Replace(found.etag));
+    }
+    Ok(match status_of(state, found.id).await? {
+        done @ Status::Done { .. } => Look::Use(Outcome::Hit(found.id, done)),
+        Status::Pending => Look::Use(Outcome::Shared(found.id)),
+        // A failed or lost job is not a result to reuse.
+        _ => Look::Replace(found.etag),
+    })
+}
+
+/// Queue a submission's job, or answer it from the cache.
+///
+/// Once the cache entry for a new job is written, the job is sent even if
+/// the client hangs up (a task owns both), so an entry never names a job
+/// that was not at least offered to SQS; when SQS refused it, the entry is
+/// removed.
+async fn place(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    submission: Submission,
+    handoff: &Handoff,
+) -> Result<Outcome, ApiError> {
+    let Submission { job, cache } = submission;
+    let Some(cache) = cache else {
+        state
+            .sender
+            .send(job.clone(), handoff)
+            .await
+            .map_err(|e| send_failed(state, job.id, &e))?;
+        return Ok(Outcome::Queued {
+            job: Box::new(job),
+            cache: None,
+        });
+    };
+    use crate::cache::{Write, WriteError};
+    let key = crate::cache::key(&crate::cache::scope_of(headers), &job.url, &job.options);
+    let mut condition = Write::Overwrite;
+    if !cache.force
+        && let Some(ttl) = cache.ttl
+    {
+        match look(state, &key, ttl).await? {
+            Look::Use(outcome) => return Ok(outcome),
+            Look::Replace(etag) => condition = Write::Replace(etag),
+            Look::Absent => condition = Write::Create,
+        }
+    }
+    if !handoff.commit() {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request timed out; nothing was queued",
+        ));
+    }
+    let state = state.clone();
+    let handoff = handoff.clone();
+    let task = tokio::spawn(async move {
+        match crate::cache::write(&state, &key, job.id, &job.url, condition).await {
+            Ok(()) => {}
+            Err(WriteError::Lost) => {
+                // Another request made the entry first: share its job.
+                let ttl = cache
+                    .ttl
+                    .unwrap_or(Duration::from_secs(crate::cache::MAX_TTL_SECONDS));
+                if let Look::Use(outcome) = look(&state, &key, ttl).await? {
+                    return Ok(outcome);
+                }
+                // Its job is gone already (failed at once): queue this one
+                // without an entry.
+            }
+            Err(WriteError::Storage(e)) => return Err(e),
+        }
+        match state.sender.send(job.clone(), &handoff).await {
+            Ok(()) => Ok(Outcome::Queued {
+                job: Box::new(job),
+                cache: Some(CacheAnswer::Miss),
+            }),
+            Err(e) => {
+                if matches!(e, SendError::NotSent(_)) {
+                    crate::cache::forget(&state, &key, job.id).await;
+                }
+                Err(send_failed(&state, job.id, &e))
+            }
+        }
+    });
+    task.await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("submitting failed: {e}"),
+        ))
+    })
+}
+
+/// Whether an S3 error means a conditional write lost to another writer.
+pub(crate) fn lost_condition<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    e.as_service_error().is_some_and(|s| {
+        matches!(
+            s.code(),
+            Some("PreconditionFailed" | "ConditionalRequestConflict")
+        )
+    })
 }
 
 /// The body, or the API's error for one that is too large or unreadable.
@@ -411,8 +621,8 @@ fn parse_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     })
 }
 
-fn send_failed(state: &AppState, job: &JobMessage, e: &SendError) -> ApiError {
-    tracing::warn!(job_id = %job.id, error = %e, "could not enqueue");
+fn send_failed(state: &AppState, id: Uuid, e: &SendError) -> ApiError {
+    tracing::warn!(job_id = %id, error = %e, "could not enqueue");
     let (code, message) = match e {
         SendError::NotSent(_) => (
             "queue_unavailable",
@@ -421,9 +631,8 @@ fn send_failed(state: &AppState, job: &JobMessage, e: &SendError) -> ApiError {
         SendError::Unconfirmed(_) => (
             "queue_unconfirmed",
             format!(
-                "the job queue did not confirm job {}; it may still run, so poll {} before submitting again",
-                job.id,
-                accepted(state, job).status_url
+                "the job queue did not confirm job {id}; it may still run, so poll {} before submitting again",
+                accepted(state, id, None).status_url
             ),
         ),
     };
@@ -448,7 +657,9 @@ fn handoff_of(handoff: Option<Extension<Handoff>>) -> Handoff {
     tag = "screenshots",
     request_body(content = SubmitRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "Queued", body = Accepted,
+        (status = 200, description = "With `cache_ttl`: a fresh result of the same request (`cache: hit`); nothing was queued", body = JobStatus,
+            headers(("Location" = String, description = "The status URL"))),
+        (status = 202, description = "Queued, or (`cache: shared`) an identical pending job", body = Accepted,
             headers(("Location" = String, description = "The status URL"))),
         (status = 400, description = "Not JSON, or not an object", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
@@ -466,16 +677,36 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let job = admit(&state, &headers, parse_body(&headers, body)?)?;
-    state
-        .sender
-        .send(job.clone(), &handoff_of(handoff))
-        .await
-        .map_err(|e| send_failed(&state, &job, &e))?;
-    tracing::info!(job_id = %job.id, "job accepted");
-    let accepted = accepted(&state, &job);
-    let mut response = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&accepted.status_url) {
+    let submission = admit(&state, &headers, parse_body(&headers, body)?)?;
+    let outcome = place(&state, &headers, submission, &handoff_of(handoff)).await?;
+    answer(&state, outcome).await
+}
+
+/// The answer to one submission: 202 with where to poll, or 200 with the
+/// status of a fresh cached result.
+async fn answer(state: &AppState, outcome: Outcome) -> Result<Response, ApiError> {
+    let (status, body, id) = match outcome {
+        Outcome::Hit(id, found) => {
+            let mut body =
+                serde_json::to_value(document(state, id, found).await?).unwrap_or_default();
+            body["cache"] = json!(CacheAnswer::Hit);
+            (StatusCode::OK, body, id)
+        }
+        Outcome::Queued { job, cache } => {
+            tracing::info!(job_id = %job.id, "job accepted");
+            let body = serde_json::to_value(accepted(state, job.id, cache)).unwrap_or_default();
+            (StatusCode::ACCEPTED, body, job.id)
+        }
+        Outcome::Shared(id) => {
+            tracing::info!(job_id = %id, "request shares a pending job");
+            let body = serde_json::to_value(accepted(state, id, Some(CacheAnswer::Shared)))
+                .unwrap_or_default();
+            (StatusCode::ACCEPTED, body, id)
+        }
+    };
+    let mut response = (status, Json(body)).into_response();
+    let location = accepted(state, id, None).status_url;
+    if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -546,13 +777,13 @@ pub async fn submit_batch(
         let state = state.clone();
         let handoff = handoff.clone();
         async move {
-            let job = match admit(&state, headers, value) {
-                Ok(job) => job,
+            let submission = match admit(&state, headers, value) {
+                Ok(submission) => submission,
                 Err(e) => return BatchItem::refused(&e),
             };
-            match state.sender.send(job.clone(), &handoff).await {
-                Ok(()) => BatchItem::accepted(accepted(&state, &job)),
-                Err(e) => BatchItem::refused(&send_failed(&state, &job, &e)),
+            match place(&state, headers, submission, &handoff).await {
+                Ok(outcome) => BatchItem::of(&state, &outcome),
+                Err(e) => BatchItem::refused(&e),
             }
         }
     });
@@ -573,7 +804,8 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// What S3 says about a job.
-enum Status {
+#[derive(Debug)]
+pub enum Status {
     Done {
         key: String,
         size: i64,
@@ -588,7 +820,11 @@ enum Status {
     Unknown,
 }
 
-fn storage_unavailable(state: &AppState, what: &str, error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn storage_unavailable(
+    state: &AppState,
+    what: &str,
+    error: impl std::fmt::Display,
+) -> ApiError {
     tracing::warn!(%error, "{what} failed");
     ApiError {
         retry_after: Some(state.retry_after_secs),
@@ -767,7 +1003,13 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let body = match status_of(&state, id).await? {
+    let found = status_of(&state, id).await?;
+    Ok(Json(document(&state, id, found).await?).into_response())
+}
+
+/// The status document of job `id`, from what S3 said about it.
+async fn document(state: &AppState, id: Uuid, found: Status) -> Result<JobStatus, ApiError> {
+    Ok(match found {
         Status::Done {
             key,
             size,
@@ -775,7 +1017,7 @@ pub async fn status(
             metadata,
         } => JobStatus::Done {
             id,
-            image_url: presign(&state, &key).await?,
+            image_url: presign(state, &key).await?,
             expires_in_seconds: state.presign_lifetime.as_secs(),
             content_type,
             size_bytes: size,
@@ -798,8 +1040,7 @@ pub async fn status(
         Status::Pending => JobStatus::Pending { id },
         Status::Expired => JobStatus::Expired { id },
         Status::Unknown => return Err(unknown_id()),
-    };
-    Ok(Json(body).into_response())
+    })
 }
 
 /// The image: a redirect to a presigned URL once it exists.

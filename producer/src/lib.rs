@@ -4,6 +4,7 @@
 //!
 //! - [`api`]: the routes and their errors;
 //! - [`access`]: API keys, rate limit, request timeout;
+//! - [`cache`]: `cache_ttl`, `force` and shared identical submits;
 //! - [`sender`]: coalesced `SendMessageBatch` calls;
 //! - [`openapi`]: `GET /openapi.json`, generated from [`api`];
 //! - [`cli`]: `url2png-producer submit`.
@@ -13,6 +14,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod openapi;
 pub mod sender;

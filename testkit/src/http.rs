@@ -33,6 +33,22 @@ pub async fn request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Reply {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    request_with(addr, method, path, &headers, body).await
+}
+
+/// Send `method path` with these extra `headers` and `body` on a fresh
+/// connection that closes after the answer.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the server");
@@ -40,8 +56,8 @@ pub async fn request(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream

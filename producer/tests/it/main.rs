@@ -12,6 +12,7 @@ use url2png_core::{FailureReason, FailureRecord, ImageFormat, JobMessage, KeyLay
 use url2png_producer::{Config, Producer};
 use url2png_testkit::TestAws;
 
+mod cache;
 mod handoff;
 
 struct Running {
@@ -1090,7 +1091,7 @@ async fn the_openapi_document_matches_what_the_api_does() {
         .keys()
         .map(String::as_str)
         .chain(defaults.as_object().unwrap().keys().map(String::as_str))
-        .chain(["url", "quality", "clip"])
+        .chain(["url", "quality", "clip", "cache_ttl", "force"])
         .collect();
     taken.sort_unstable();
     taken.dedup();
