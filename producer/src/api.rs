@@ -30,6 +30,9 @@ use crate::sender::{Handoff, SendError, Sender};
 /// Most jobs in one batch request.
 pub const MAX_BATCH: usize = 100;
 
+/// Longest `?wait=`, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
@@ -52,6 +55,10 @@ pub struct AppState {
     pub retention: Duration,
     /// Who may submit jobs with scripts.
     pub scripts: crate::access::Scripts,
+    /// The longest a request can take (its timeout and its wait), after
+    /// which an unanswered `Idempotency-Key` reservation counts as
+    /// abandoned.
+    pub longest_request: Duration,
 }
 
 /// A validated request: the job, and what it asked of the cache.
@@ -589,9 +596,10 @@ where
 /// The body, or the API's error for one that is too large or unreadable.
 pub type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-/// Parse a request body as JSON, with the API's error shape.
-fn parse_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
-    let body = body.map_err(|e| {
+/// A request body's bytes, or the API's error for one that is too large
+/// or unreadable.
+fn body_bytes(body: Body) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         let status = e.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "too_large"
@@ -599,7 +607,11 @@ fn parse_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
             "malformed"
         };
         ApiError::new(status, code, e.body_text())
-    })?;
+    })
+}
+
+/// Parse a request body as JSON, with the API's error shape.
+fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -612,7 +624,7 @@ fn parse_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
             "send the request as application/json",
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed",
@@ -655,6 +667,8 @@ fn handoff_of(handoff: Option<Extension<Handoff>>) -> Handoff {
     post,
     path = "/v1/screenshots",
     tag = "screenshots",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Answer a repeat of this request (same key, same body, same API key) within 24 hours with the first answer, marked `Idempotent-Replayed: true`, instead of queueing again; 1..=255 visible ASCII characters")),
     request_body(content = SubmitRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "With `cache_ttl`: a fresh result of the same request (`cache: hit`); nothing was queued", body = JobStatus,
@@ -663,9 +677,10 @@ fn handoff_of(handoff: Option<Extension<Handoff>>) -> Handoff {
             headers(("Location" = String, description = "The status URL"))),
         (status = 400, description = "Not JSON, or not an object", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still being answered (code `idempotency_in_progress`); see Retry-After", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A field is out of bounds or the URL is refused", body = ErrorBody),
+        (status = 422, description = "A field is out of bounds or the URL is refused, or the Idempotency-Key was used for another body (code `idempotency_key_reused`)", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The queue is unreachable (code `queue_unavailable`: not queued), or did not confirm the job (code `queue_unconfirmed`: it may still run; the message names its status URL); see Retry-After", body = ErrorBody),
         (status = 504, description = "The request took longer than the request timeout before its job was sent; nothing was queued", body = ErrorBody),
@@ -677,9 +692,17 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let submission = admit(&state, &headers, parse_body(&headers, body)?)?;
-    let outcome = place(&state, &headers, submission, &handoff_of(handoff)).await?;
-    answer(&state, outcome).await
+    let body = body_bytes(body)?;
+    let handoff = handoff_of(handoff);
+    let work = {
+        let (state, headers, body) = (state.clone(), headers.clone(), body.clone());
+        async move {
+            let submission = admit(&state, &headers, parse_json(&headers, &body)?)?;
+            let outcome = place(&state, &headers, submission, &handoff).await?;
+            answer(&state, outcome).await
+        }
+    };
+    crate::idempotency::run(&state, &headers, "POST /v1/screenshots", &body, work).await
 }
 
 /// The answer to one submission: 202 with where to poll, or 200 with the
@@ -720,11 +743,14 @@ async fn answer(state: &AppState, outcome: Outcome) -> Result<Response, ApiError
     post,
     path = "/v1/screenshots/batch",
     tag = "screenshots",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Answer a repeat of this request (same key, same body, same API key) within 24 hours with the first answer, marked `Idempotent-Replayed: true`, instead of queueing again; 1..=255 visible ASCII characters")),
     request_body(content = BatchRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "At least one job queued", body = BatchResponse),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still being answered (code `idempotency_in_progress`); see Retry-After", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "No job was queued, or `jobs` is not 1..=100 items", body = BatchResponse),
@@ -738,62 +764,69 @@ pub async fn submit_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
     let handoff = handoff_of(handoff);
-    let jobs = match parse_body(&headers, body)? {
-        Value::Array(jobs) => jobs,
-        Value::Object(mut o) => match o.remove("jobs") {
-            Some(Value::Array(jobs)) => jobs,
-            _ => {
+    let work = {
+        let (state, headers, body) = (state.clone(), headers.clone(), body.clone());
+        async move {
+            let jobs = match parse_json(&headers, &body)? {
+                Value::Array(jobs) => jobs,
+                Value::Object(mut o) => match o.remove("jobs") {
+                    Some(Value::Array(jobs)) => jobs,
+                    _ => {
+                        return Err(ApiError {
+                            field: Some("jobs".into()),
+                            ..ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "invalid",
+                                "expected `jobs`: an array",
+                            )
+                        });
+                    }
+                },
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed",
+                        "expected an object with `jobs`",
+                    ));
+                }
+            };
+            if jobs.is_empty() || jobs.len() > MAX_BATCH {
                 return Err(ApiError {
                     field: Some("jobs".into()),
                     ..ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid",
-                        "expected `jobs`: an array",
+                        "out_of_range",
+                        format!("{} jobs; send 1..={MAX_BATCH}", jobs.len()),
                     )
                 });
             }
-        },
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                "expected an object with `jobs`",
-            ));
-        }
-    };
-    if jobs.is_empty() || jobs.len() > MAX_BATCH {
-        return Err(ApiError {
-            field: Some("jobs".into()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "out_of_range",
-                format!("{} jobs; send 1..={MAX_BATCH}", jobs.len()),
-            )
-        });
-    }
-    let headers = &headers;
-    let sends = jobs.into_iter().map(|value| {
-        let state = state.clone();
-        let handoff = handoff.clone();
-        async move {
-            let submission = match admit(&state, headers, value) {
-                Ok(submission) => submission,
-                Err(e) => return BatchItem::refused(&e),
+            let headers = &headers;
+            let sends = jobs.into_iter().map(|value| {
+                let state = state.clone();
+                let handoff = handoff.clone();
+                async move {
+                    let submission = match admit(&state, headers, value) {
+                        Ok(submission) => submission,
+                        Err(e) => return BatchItem::refused(&e),
+                    };
+                    match place(&state, headers, submission, &handoff).await {
+                        Ok(outcome) => BatchItem::of(&state, &outcome),
+                        Err(e) => BatchItem::refused(&e),
+                    }
+                }
+            });
+            let results = futures::future::join_all(sends).await;
+            let status = if results.iter().any(|r| r.accepted) {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
             };
-            match place(&state, headers, submission, &handoff).await {
-                Ok(outcome) => BatchItem::of(&state, &outcome),
-                Err(e) => BatchItem::refused(&e),
-            }
+            Ok((status, Json(BatchResponse { results })).into_response())
         }
-    });
-    let results = futures::future::join_all(sends).await;
-    let status = if results.iter().any(|r| r.accepted) {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((status, Json(BatchResponse { results })).into_response())
+    crate::idempotency::run(&state, &headers, "POST /v1/screenshots/batch", &body, work).await
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

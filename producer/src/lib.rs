@@ -5,6 +5,7 @@
 //! - [`api`]: the routes and their errors;
 //! - [`access`]: API keys, rate limit, request timeout;
 //! - [`cache`]: `cache_ttl`, `force` and shared identical submits;
+//! - [`idempotency`]: `Idempotency-Key` on the POST routes;
 //! - [`sender`]: coalesced `SendMessageBatch` calls;
 //! - [`openapi`]: `GET /openapi.json`, generated from [`api`];
 //! - [`cli`]: `url2png-producer submit`.
@@ -16,6 +17,7 @@ pub mod access;
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod idempotency;
 pub mod openapi;
 pub mod sender;
 
@@ -305,6 +307,9 @@ impl Producer {
             },
             public_url: config.public_url.clone(),
             retry_after_secs: config.retry_after_seconds,
+            longest_request: Duration::from_secs(
+                config.request_timeout_seconds + api::MAX_WAIT_SECONDS + 30,
+            ),
         });
         let ready = {
             let sqs = clients.sqs.clone();

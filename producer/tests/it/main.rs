@@ -12,7 +12,7 @@ use url2png_core::{FailureReason, FailureRecord, ImageFormat, JobMessage, KeyLay
 use url2png_producer::{Config, Producer};
 use url2png_testkit::TestAws;
 
-mod cache;
+mod delivery;
 mod handoff;
 
 struct Running {

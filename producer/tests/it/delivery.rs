@@ -1,5 +1,6 @@
-//! `cache_ttl`, `force` and identical submits sharing one job, against the
-//! emulator's S3 (conditional writes) and SQS.
+//! Answers without a second render: `cache_ttl`, `force`, identical
+//! submits sharing one job and `Idempotency-Key`, against the emulator's S3
+//! (conditional writes) and SQS.
 
 use super::*;
 use url2png_testkit::http::{Reply, request_with};
@@ -284,5 +285,160 @@ async fn an_entry_whose_job_was_not_queued_is_removed() {
         .filter(|k| k.starts_with("cache/"))
         .collect();
     assert!(entries.is_empty(), "{entries:?}");
+    shutdown.cancel();
+}
+
+fn idempotency_records(keys: &[String]) -> usize {
+    keys.iter()
+        .filter(|k| k.starts_with("idempotency/"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_gets_the_first_answer_and_queues_once() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &["--api-keys", "alice,bob"]).await;
+    let addr = producer.addr;
+    let alice = |key: &'static str| [("Authorization", "Bearer alice"), ("Idempotency-Key", key)];
+    let body = json!({"url": "https://example.com/order/17"});
+    let (first, first_body) = post(addr, "/v1/screenshots", &alice("order-17"), &body).await;
+    assert_eq!(first.status, 202, "{first_body}");
+    assert_eq!(first.header(idempotent_replayed()), None);
+    let (again, again_body) = post(addr, "/v1/screenshots", &alice("order-17"), &body).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again_body, first_body);
+    assert_eq!(again.header(idempotent_replayed()), Some("true"));
+    assert_eq!(again.header("location"), first.header("location"));
+    assert_eq!(drain(&aws).await.len(), 1, "the repeat queued nothing");
+
+    // The same key with another body is a client error, not a replay.
+    let (reused, reused_body) = post(
+        addr,
+        "/v1/screenshots",
+        &alice("order-17"),
+        &json!({"url": "https://example.com/order/18"}),
+    )
+    .await;
+    assert_eq!(reused.status, 422, "{reused_body}");
+    assert_eq!(reused_body["error"]["code"], "idempotency_key_reused");
+
+    // Another client's key of the same name is its own.
+    let (bob, bob_body) = post(
+        addr,
+        "/v1/screenshots",
+        &[
+            ("Authorization", "Bearer bob"),
+            ("Idempotency-Key", "order-17"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(bob.status, 202);
+    assert_eq!(bob.header(idempotent_replayed()), None);
+    assert_ne!(bob_body["id"], first_body["id"]);
+
+    // A refusal is an answer too; a batch is keyed like a single submit.
+    let bad = json!({"url": "https://example.com/", "width": 0});
+    let (refused, refused_body) = post(addr, "/v1/screenshots", &alice("bad-1"), &bad).await;
+    assert_eq!(refused.status, 422);
+    let (replayed, replayed_body) = post(addr, "/v1/screenshots", &alice("bad-1"), &bad).await;
+    assert_eq!(
+        (replayed.status, replayed.header(idempotent_replayed())),
+        (422, Some("true"))
+    );
+    assert_eq!(replayed_body, refused_body);
+    let batch =
+        json!({"jobs": [{"url": "https://example.com/1"}, {"url": "https://example.com/2"}]});
+    let (one, one_body) = post(addr, "/v1/screenshots/batch", &alice("batch-1"), &batch).await;
+    let (two, two_body) = post(addr, "/v1/screenshots/batch", &alice("batch-1"), &batch).await;
+    assert_eq!((one.status, two.status), (202, 202));
+    assert_eq!(one_body, two_body);
+    assert_eq!(drain(&aws).await.len(), 1 + 2, "bob's job and one batch");
+
+    let (invalid, invalid_body) = post(
+        addr,
+        "/v1/screenshots",
+        &[
+            ("Authorization", "Bearer alice"),
+            ("Idempotency-Key", "has spaces"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(invalid.status, 400, "{invalid_body}");
+    assert_eq!(invalid_body["error"]["field"], "Idempotency-Key");
+}
+
+fn idempotent_replayed() -> &'static str {
+    url2png_producer::idempotency::REPLAYED
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_idempotency_key_queue_one_job() {
+    let aws = TestAws::start().await;
+    let producer = start(&aws, &[]).await;
+    let addr = producer.addr;
+    let body = json!({"url": "https://example.com/once"});
+    let answers = futures::future::join_all((0..12).map(|_| async {
+        post(
+            addr,
+            "/v1/screenshots",
+            &[("Idempotency-Key", "k-1")],
+            &body,
+        )
+        .await
+    }))
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for (reply, body) in &answers {
+        match reply.status {
+            202 => {
+                ids.insert(id_of(body));
+            }
+            409 => {
+                assert_eq!(body["error"]["code"], "idempotency_in_progress");
+                assert_eq!(reply.header("retry-after"), Some("1"));
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    let jobs = drain(&aws).await;
+    assert_eq!(jobs.len(), 1);
+    assert!(ids.contains(&jobs[0].id));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_whose_request_failed_on_the_server_can_be_retried() {
+    let aws = TestAws::start().await;
+    let missing = format!("{}/123456789012/missing", aws.moto.endpoint());
+    let args = [
+        "url2png-producer",
+        "--queue-url",
+        &missing,
+        "--bucket",
+        &aws.bucket,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
+        .await
+        .unwrap();
+    let addr = producer.local_addr();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
+    let body = json!({"url": "https://example.com/"});
+    for _ in 0..2 {
+        let (reply, refused) =
+            post(addr, "/v1/screenshots", &[("Idempotency-Key", "k")], &body).await;
+        assert_eq!(reply.status, 503, "{refused}");
+        assert_eq!(refused["error"]["code"], "queue_unavailable");
+        assert_eq!(
+            reply.header(idempotent_replayed()),
+            None,
+            "run again, not replayed"
+        );
+    }
+    assert_eq!(idempotency_records(&aws.keys().await), 0);
     shutdown.cancel();
 }
