@@ -59,6 +59,8 @@ pub struct AppState {
     /// which an unanswered `Idempotency-Key` reservation counts as
     /// abandoned.
     pub longest_request: Duration,
+    /// Requests waiting for jobs to finish (`?wait=`, render links).
+    pub waiters: crate::wait::Waiters,
 }
 
 /// A validated request: the job, and what it asked of the cache.
@@ -689,9 +691,12 @@ fn handoff_of(handoff: Option<Extension<Handoff>>) -> Handoff {
 pub async fn submit(
     State(state): State<Arc<AppState>>,
     handoff: Option<Extension<Handoff>>,
+    axum::extract::Query(query): axum::extract::Query<SubmitQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let wait = query.wait()?;
+    let want = Want::from_headers(&headers);
     let body = body_bytes(body)?;
     let handoff = handoff_of(handoff);
     let work = {
@@ -699,40 +704,193 @@ pub async fn submit(
         async move {
             let submission = admit(&state, &headers, parse_json(&headers, &body)?)?;
             let outcome = place(&state, &headers, submission, &handoff).await?;
-            answer(&state, outcome).await
+            answer(&state, outcome, wait, want, &handoff).await
         }
     };
     crate::idempotency::run(&state, &headers, "POST /v1/screenshots", &body, work).await
 }
 
-/// The answer to one submission: 202 with where to poll, or 200 with the
-/// status of a fresh cached result.
-async fn answer(state: &AppState, outcome: Outcome) -> Result<Response, ApiError> {
-    let (status, body, id) = match outcome {
-        Outcome::Hit(id, found) => {
-            let mut body =
-                serde_json::to_value(document(state, id, found).await?).unwrap_or_default();
-            body["cache"] = json!(CacheAnswer::Hit);
-            (StatusCode::OK, body, id)
-        }
+/// The answer to one submission: 202 with where to poll, or, when the job
+/// is done (a cache hit, or finished within `wait`), 200 with its status or
+/// the image itself (`want`).
+async fn answer(
+    state: &Arc<AppState>,
+    outcome: Outcome,
+    wait: Option<Duration>,
+    want: Want,
+    handoff: &Handoff,
+) -> Result<Response, ApiError> {
+    let (id, found, cache) = match outcome {
+        Outcome::Hit(id, found) => (id, Some(Arc::new(found)), Some(CacheAnswer::Hit)),
         Outcome::Queued { job, cache } => {
             tracing::info!(job_id = %job.id, "job accepted");
-            let body = serde_json::to_value(accepted(state, job.id, cache)).unwrap_or_default();
-            (StatusCode::ACCEPTED, body, job.id)
+            (job.id, None, cache)
         }
         Outcome::Shared(id) => {
             tracing::info!(job_id = %id, "request shares a pending job");
-            let body = serde_json::to_value(accepted(state, id, Some(CacheAnswer::Shared)))
-                .unwrap_or_default();
-            (StatusCode::ACCEPTED, body, id)
+            (id, None, Some(CacheAnswer::Shared))
         }
     };
-    let mut response = (status, Json(body)).into_response();
+    let found = match (found, wait) {
+        (Some(found), _) => Some(found),
+        (None, Some(limit)) if !limit.is_zero() => {
+            // Whatever this request queued is queued: from here on the
+            // request's own timeout must not answer "nothing was queued".
+            handoff.commit();
+            crate::wait::finish(state, id, limit).await
+        }
+        _ => None,
+    };
+    let mut response = match found {
+        None => (
+            StatusCode::ACCEPTED,
+            Json(accepted(
+                state,
+                id,
+                cache.filter(|c| *c != CacheAnswer::Hit),
+            )),
+        )
+            .into_response(),
+        Some(found) if want == Want::Image => finished_image(state, id, &found).await?,
+        Some(found) => {
+            let mut body =
+                serde_json::to_value(document(state, id, &found).await?).unwrap_or_default();
+            if let Some(cache) = cache {
+                body["cache"] = json!(cache);
+            }
+            (StatusCode::OK, Json(body)).into_response()
+        }
+    };
     let location = accepted(state, id, None).status_url;
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// What a client asked to get back when its job is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The status document (JSON).
+    Status,
+    /// The image (or PDF) itself.
+    Image,
+}
+
+impl Want {
+    /// From `Accept`: the image when the client prefers an image or PDF
+    /// type over JSON.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+            return Self::Status;
+        };
+        let (mut image, mut json) = (0.0f32, 0.0f32);
+        for item in accept.split(',') {
+            let mut parts = item.split(';');
+            let range = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if range.starts_with("image/") || range == "application/pdf" {
+                image = image.max(q);
+            } else if range == "application/json" || range == "application/*" {
+                json = json.max(q);
+            }
+        }
+        if image > 0.0 && image > json {
+            Self::Image
+        } else {
+            Self::Status
+        }
+    }
+}
+
+/// The finished job's image as the response body, or the error `GET
+/// /v1/screenshots/{id}/image` gives when there is none.
+async fn finished_image(state: &AppState, id: Uuid, found: &Status) -> Result<Response, ApiError> {
+    let key = match found {
+        Status::Done { key, .. } => key,
+        Status::Failed(record) => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                record.reason.as_str(),
+                record.message.clone(),
+            ));
+        }
+        Status::Expired => return Err(expired()),
+        Status::Pending | Status::Unknown => return Err(unknown_id()),
+    };
+    let object = state
+        .s3
+        .get_object()
+        .bucket(&state.bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            storage_unavailable(
+                state,
+                "reading an image",
+                aws_sdk_s3::error::DisplayErrorContext(&e),
+            )
+        })?;
+    let content_type = object
+        .content_type()
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let length = object.content_length();
+    let stream = tokio_util::io::ReaderStream::new(object.body.into_async_read());
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(v) = length.and_then(|n| HeaderValue::from_str(&n.to_string()).ok()) {
+        headers.insert(header::CONTENT_LENGTH, v);
+    }
+    let base = state.public_url.trim_end_matches('/');
+    response
+        .extensions_mut()
+        .insert(crate::idempotency::AnswerLink(format!(
+            "{base}/v1/screenshots/{id}/image"
+        )));
+    Ok(response)
+}
+
+fn expired() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "expired",
+        "the job is older than the queue keeps messages and has no result",
+    )
+}
+
+/// The query of `POST /v1/screenshots`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SubmitQuery {
+    /// Seconds to wait for the job to finish, 0..=60.
+    pub wait: Option<String>,
+}
+
+impl SubmitQuery {
+    /// `wait` as a duration, checked.
+    pub fn wait(&self) -> Result<Option<Duration>, ApiError> {
+        let Some(raw) = self.wait.as_deref() else {
+            return Ok(None);
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(secs) if secs <= MAX_WAIT_SECONDS => Ok(Some(Duration::from_secs(secs))),
+            _ => Err(ApiError {
+                field: Some("wait".into()),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "out_of_range",
+                    format!("wait={raw:?}: give whole seconds, 0..={MAX_WAIT_SECONDS}"),
+                )
+            }),
+        }
+    }
 }
 
 /// Submit up to 100 jobs at once; each is accepted or refused on its own.
@@ -873,7 +1031,7 @@ pub(crate) fn storage_unavailable(
 /// answers a poll for a finished job, a `GET` of the failure record one
 /// that failed. Other ids (sent straight to the queue, or minted with
 /// another secret) are looked for with a `LIST` of their prefix.
-async fn status_of(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
+pub(crate) async fn status_of(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
     let Some(minted) = url2png_core::id::verify(&state.id_secret, id) else {
         return match listed_status(state, id).await? {
             Status::Pending => Ok(Status::Unknown),
@@ -1037,11 +1195,11 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let found = status_of(&state, id).await?;
-    Ok(Json(document(&state, id, found).await?).into_response())
+    Ok(Json(document(&state, id, &found).await?).into_response())
 }
 
 /// The status document of job `id`, from what S3 said about it.
-async fn document(state: &AppState, id: Uuid, found: Status) -> Result<JobStatus, ApiError> {
+async fn document(state: &AppState, id: Uuid, found: &Status) -> Result<JobStatus, ApiError> {
     Ok(match found {
         Status::Done {
             key,
@@ -1050,20 +1208,20 @@ async fn document(state: &AppState, id: Uuid, found: Status) -> Result<JobStatus
             metadata,
         } => JobStatus::Done {
             id,
-            image_url: presign(state, &key).await?,
+            image_url: presign(state, key).await?,
             expires_in_seconds: state.presign_lifetime.as_secs(),
-            content_type,
-            size_bytes: size,
-            render: metadata,
+            content_type: content_type.clone(),
+            size_bytes: *size,
+            render: metadata.clone(),
         },
         Status::Failed(record) => JobStatus::Failed {
             id,
             reason: record.reason,
-            message: record.message,
-            detail: record.detail,
+            message: record.message.clone(),
+            detail: record.detail.clone(),
             phase: record.phase,
             http_status: record.http_status,
-            refused: record.refused,
+            refused: record.refused.clone(),
             attempts: record.attempts,
             failed_at: record
                 .failed_at
@@ -1119,11 +1277,7 @@ pub async fn image(
                 "the image is not ready yet",
             )
         }),
-        Status::Expired => Err(ApiError::new(
-            StatusCode::GONE,
-            "expired",
-            "the job is older than the queue keeps messages and has no result",
-        )),
+        Status::Expired => Err(expired()),
         Status::Unknown => Err(unknown_id()),
     }
 }

@@ -7,6 +7,7 @@
 //! - [`cache`]: `cache_ttl`, `force` and shared identical submits;
 //! - [`idempotency`]: `Idempotency-Key` on the POST routes;
 //! - [`sender`]: coalesced `SendMessageBatch` calls;
+//! - [`wait`]: waiting for a job inside a request (`?wait=`);
 //! - [`openapi`]: `GET /openapi.json`, generated from [`api`];
 //! - [`cli`]: `url2png-producer submit`.
 //!
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod idempotency;
 pub mod openapi;
 pub mod sender;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -211,6 +213,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
 }
 
+/// Counts the producer's S3 calls by operation and HTTP status, so that
+/// what a request costs in S3 (the cache, idempotency, waiting) is
+/// measured rather than assumed.
+#[derive(Debug)]
+struct CountS3Calls(IntCounterVec);
+
+impl aws_sdk_s3::config::Intercept for CountS3Calls {
+    fn name(&self) -> &'static str {
+        "CountS3Calls"
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let status = context
+            .response()
+            .map(|r| r.status().as_u16().to_string())
+            .unwrap_or_else(|| "none".into());
+        self.0.with_label_values(&[&operation, &status]).inc();
+        Ok(())
+    }
+}
+
 /// HTTP metrics.
 #[derive(Debug, Clone)]
 struct HttpMetrics {
@@ -273,6 +305,23 @@ impl Producer {
         registry.register(Box::new(http.in_flight.clone()))?;
         registry.register(Box::new(sender_metrics.batch_size.clone()))?;
         registry.register(Box::new(sender_metrics.sqs_requests.clone()))?;
+        let s3_requests = IntCounterVec::new(
+            Opts::new(
+                "s3_requests_total",
+                "S3 calls by operation and HTTP status (404 and 412 are expected answers of the cache and idempotency lookups).",
+            )
+            .namespace(ns),
+            &["operation", "status"],
+        )?;
+        registry.register(Box::new(s3_requests.clone()))?;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            clients
+                .s3
+                .config()
+                .to_builder()
+                .interceptor(CountS3Calls(s3_requests))
+                .build(),
+        );
 
         let sender = Sender::start(
             clients.sqs.clone(),
@@ -287,7 +336,7 @@ impl Producer {
             id_secret: config.ids.id_secret.as_bytes().to_vec(),
             retention,
             scripts: crate::access::Scripts::new(config.allow_scripts, &config.script_api_keys),
-            s3: clients.s3.clone(),
+            s3,
             bucket: config.store.bucket.clone(),
             layout: config.store.layout().map_err(anyhow::Error::msg)?,
             policy: config.policy.policy().map_err(anyhow::Error::msg)?,
@@ -307,6 +356,7 @@ impl Producer {
             },
             public_url: config.public_url.clone(),
             retry_after_secs: config.retry_after_seconds,
+            waiters: wait::Waiters::default(),
             longest_request: Duration::from_secs(
                 config.request_timeout_seconds + api::MAX_WAIT_SECONDS + 30,
             ),
