@@ -48,12 +48,10 @@ pub fn next_pause(pause: Duration) -> Duration {
 /// Wait up to `limit` for job `id` to finish; `None` if it has not.
 pub async fn finish(state: &Arc<AppState>, id: Uuid, limit: Duration) -> Option<Arc<Status>> {
     let mut rx = subscribe(state, id);
-    let outcome = tokio::time::timeout(limit, rx.wait_for(Option::is_some))
-        .await
-        .ok()?
-        .ok()?
-        .clone();
-    outcome
+    match tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(finished)) => finished.clone(),
+        _ => None,
+    }
 }
 
 fn subscribe(state: &Arc<AppState>, id: Uuid) -> watch::Receiver<Outcome> {
