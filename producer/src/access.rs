@@ -179,6 +179,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The rate limit's answer for a client over its rate, if it is.
+fn over_rate(access: &Access, request: &Request) -> Option<Response> {
+    let wait = access.take(&access.client(request)).err()?;
+    Some(
+        ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; slow down",
+            )
+        }
+        .into_response(),
+    )
+}
+
+/// Middleware for routes open without an API key (render links): the
+/// rate limit only.
+pub async fn limit(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    if let Some(refused) = over_rate(&access, &request) {
+        return refused;
+    }
+    next.run(request).await
+}
+
 /// Middleware for the API routes.
 pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
     if !access.authorised(&request) {
@@ -194,16 +219,8 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
         );
         return response;
     }
-    if let Err(wait) = access.take(&access.client(&request)) {
-        return ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; slow down",
-            )
-        }
-        .into_response();
+    if let Some(refused) = over_rate(&access, &request) {
+        return refused;
     }
     // The handoff lets the timeout give up only on a request none of whose
     // jobs is on the wire: a 504 never leaves a job queued behind it.

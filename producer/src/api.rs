@@ -61,6 +61,8 @@ pub struct AppState {
     pub longest_request: Duration,
     /// Requests waiting for jobs to finish (`?wait=`, render links).
     pub waiters: crate::wait::Waiters,
+    /// Render links' keys and settings.
+    pub links: crate::links::LinkSettings,
 }
 
 /// A validated request: the job, and what it asked of the cache.
@@ -73,6 +75,20 @@ pub struct Submission {
 /// A submission from a request's value, checked as [`job_from_value`]
 /// does and for whether this client may run scripts.
 fn admit(state: &AppState, headers: &HeaderMap, value: Value) -> Result<Submission, ApiError> {
+    admit_as(state, value, state.scripts.allowed(headers))
+}
+
+/// A submission from a render link's query: scripts only when the
+/// operator allows them to everyone.
+pub(crate) fn admit_link(state: &AppState, value: Value) -> Result<Submission, ApiError> {
+    admit_as(
+        state,
+        value,
+        matches!(state.scripts, crate::access::Scripts::All),
+    )
+}
+
+fn admit_as(state: &AppState, value: Value, scripts: bool) -> Result<Submission, ApiError> {
     let mut value = value;
     let cache = match &mut value {
         Value::Object(object) => {
@@ -87,7 +103,7 @@ fn admit(state: &AppState, headers: &HeaderMap, value: Value) -> Result<Submissi
         _ => None,
     };
     let job = job_from_value(value, &state.policy, &state.id_secret)?;
-    if job.options.uses_scripts() && !state.scripts.allowed(headers) {
+    if job.options.uses_scripts() && !scripts {
         let field = if job.options.script.is_some() {
             "script"
         } else {
@@ -474,6 +490,16 @@ pub(crate) enum Outcome {
     Hit(Uuid, Status),
 }
 
+impl Outcome {
+    /// The job that answers the request.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Queued { job, .. } => job.id,
+            Self::Shared(id) | Self::Hit(id, _) => *id,
+        }
+    }
+}
+
 /// What a look in the cache found.
 enum Look {
     /// Answer with this.
@@ -505,9 +531,9 @@ async fn look(state: &AppState, key: &str, ttl: Duration) -> Result<Look, ApiErr
 /// the client hangs up (a task owns both), so an entry never names a job
 /// that was not at least offered to SQS; when SQS refused it, the entry is
 /// removed.
-async fn place(
+pub(crate) async fn place(
     state: &Arc<AppState>,
-    headers: &HeaderMap,
+    scope: &str,
     submission: Submission,
     handoff: &Handoff,
 ) -> Result<Outcome, ApiError> {
@@ -524,7 +550,7 @@ async fn place(
         });
     };
     use crate::cache::{Write, WriteError};
-    let key = crate::cache::key(&crate::cache::scope_of(headers), &job.url, &job.options);
+    let key = crate::cache::key(scope, &job.url, &job.options);
     let mut condition = Write::Overwrite;
     if !cache.force
         && let Some(ttl) = cache.ttl
@@ -703,7 +729,8 @@ pub async fn submit(
         let (state, headers, body) = (state.clone(), headers.clone(), body.clone());
         async move {
             let submission = admit(&state, &headers, parse_json(&headers, &body)?)?;
-            let outcome = place(&state, &headers, submission, &handoff).await?;
+            let scope = crate::cache::scope_of(&headers);
+            let outcome = place(&state, &scope, submission, &handoff).await?;
             answer(&state, outcome, wait, want, &handoff).await
         }
     };
@@ -808,7 +835,11 @@ impl Want {
 
 /// The finished job's image as the response body, or the error `GET
 /// /v1/screenshots/{id}/image` gives when there is none.
-async fn finished_image(state: &AppState, id: Uuid, found: &Status) -> Result<Response, ApiError> {
+pub(crate) async fn finished_image(
+    state: &AppState,
+    id: Uuid,
+    found: &Status,
+) -> Result<Response, ApiError> {
     let key = match found {
         Status::Done { key, .. } => key,
         Status::Failed(record) => {
@@ -961,6 +992,7 @@ pub async fn submit_batch(
                 });
             }
             let headers = &headers;
+            let scope = &crate::cache::scope_of(headers);
             let sends = jobs.into_iter().map(|value| {
                 let state = state.clone();
                 let handoff = handoff.clone();
@@ -969,7 +1001,7 @@ pub async fn submit_batch(
                         Ok(submission) => submission,
                         Err(e) => return BatchItem::refused(&e),
                     };
-                    match place(&state, headers, submission, &handoff).await {
+                    match place(&state, scope, submission, &handoff).await {
                         Ok(outcome) => BatchItem::of(&state, &outcome),
                         Err(e) => BatchItem::refused(&e),
                     }
@@ -1161,7 +1193,7 @@ fn unknown_id() -> ApiError {
     )
 }
 
-async fn presign(state: &AppState, key: &str) -> Result<String, ApiError> {
+pub(crate) async fn presign(state: &AppState, key: &str) -> Result<String, ApiError> {
     let config = PresigningConfig::expires_in(state.presign_lifetime)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let request = state

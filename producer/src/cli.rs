@@ -711,3 +711,84 @@ mod tests {
         }
     }
 }
+
+/// Settings of `url2png-producer sign-link`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "url2png-producer sign-link",
+    about = "Print a signed render link (GET /v1/render) for <img src>."
+)]
+pub struct SignLinkArgs {
+    /// The page to render.
+    pub url: String,
+
+    /// Where clients reach the API, such as `https://shots.example.com`.
+    #[arg(long, env = "URL2PNG_PUBLIC_URL")]
+    pub base_url: String,
+
+    /// The link key (one of URL2PNG_LINK_SECRETS's names).
+    #[arg(long, env = "URL2PNG_LINK_KEY")]
+    pub key: String,
+
+    /// The link key's secret.
+    #[arg(long, env = "URL2PNG_LINK_SECRET", hide_env_values = true)]
+    pub secret: String,
+
+    /// A render option, as `name=value` (repeatable): `--set width=800
+    /// --set full_page=true`. Values are read as JSON when they parse as
+    /// JSON, as text otherwise.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+
+    /// Refuse the link this many seconds from now.
+    #[arg(long)]
+    pub expires_in: Option<u64>,
+}
+
+impl SignLinkArgs {
+    /// The signed link.
+    pub fn link(&self) -> Result<String, String> {
+        if self.secret.len() < 16 {
+            return Err("the secret is shorter than 16 characters".into());
+        }
+        let mut pairs = vec![
+            ("url".to_owned(), self.url.clone()),
+            ("key".to_owned(), self.key.clone()),
+        ];
+        for set in &self.set {
+            let Some((name, value)) = set.split_once('=') else {
+                return Err(format!("--set {set:?}: give name=value"));
+            };
+            if matches!(name, "url" | "key" | "signature" | "expires") {
+                return Err(format!("--set {name}: use the flag for it"));
+            }
+            pairs.push((name.to_owned(), value.to_owned()));
+        }
+        if let Some(secs) = self.expires_in {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            pairs.push(("expires".to_owned(), (now + secs).to_string()));
+        }
+        Ok(crate::links::signed_link(
+            &self.base_url,
+            self.secret.as_bytes(),
+            &pairs,
+        ))
+    }
+}
+
+/// `url2png-producer sign-link`: print the link, or the error (exit 2).
+pub fn sign_link(args: &SignLinkArgs) -> ExitCode {
+    match args.link() {
+        Ok(link) => {
+            println!("{link}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

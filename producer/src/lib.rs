@@ -6,6 +6,7 @@
 //! - [`access`]: API keys, rate limit, request timeout;
 //! - [`cache`]: `cache_ttl`, `force` and shared identical submits;
 //! - [`idempotency`]: `Idempotency-Key` on the POST routes;
+//! - [`links`]: signed render links for `<img src>`;
 //! - [`sender`]: coalesced `SendMessageBatch` calls;
 //! - [`wait`]: waiting for a job inside a request (`?wait=`);
 //! - [`openapi`]: `GET /openapi.json`, generated from [`api`];
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod idempotency;
+pub mod links;
 pub mod openapi;
 pub mod sender;
 pub mod wait;
@@ -119,6 +121,27 @@ pub struct Config {
     )]
     pub script_api_keys: String,
 
+    /// Render link keys and their secrets, `<key>:<secret>` comma-separated
+    /// (secrets of at least 16 characters); empty: `GET /v1/render` is
+    /// off.
+    #[arg(
+        long,
+        env = "URL2PNG_LINK_SECRETS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub link_secrets: String,
+
+    /// How old a result a render link may be answered with, in seconds,
+    /// when the link gives no `cache_ttl` (1..=2592000).
+    #[arg(long, env = "URL2PNG_LINK_CACHE_TTL_SECONDS", default_value_t = 86_400)]
+    pub link_cache_ttl_seconds: u64,
+
+    /// How long a render link's view waits for its render before 503 with
+    /// Retry-After, in seconds (0..=60).
+    #[arg(long, env = "URL2PNG_LINK_WAIT_SECONDS", default_value_t = 20)]
+    pub link_wait_seconds: u64,
+
     /// Requests per client per minute on the API (0: no limit).
     #[arg(long, env = "URL2PNG_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
     pub rate_limit_per_minute: u32,
@@ -194,10 +217,36 @@ impl Config {
                 self.send_linger_ms, self.request_timeout_seconds
             ));
         }
+        self.links()?;
+        if !(1..=cache::MAX_TTL_SECONDS).contains(&self.link_cache_ttl_seconds) {
+            return Err(format!(
+                "URL2PNG_LINK_CACHE_TTL_SECONDS={} is outside 1..={}",
+                self.link_cache_ttl_seconds,
+                cache::MAX_TTL_SECONDS
+            ));
+        }
+        if self.link_wait_seconds > api::MAX_WAIT_SECONDS {
+            return Err(format!(
+                "URL2PNG_LINK_WAIT_SECONDS={} is over {}",
+                self.link_wait_seconds,
+                api::MAX_WAIT_SECONDS
+            ));
+        }
         if self.body_limit_bytes < 1024 {
             return Err("URL2PNG_BODY_LIMIT_BYTES must be at least 1024".into());
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The render link settings.
+    pub fn links(&self) -> Result<links::LinkSettings, String> {
+        links::LinkSettings::new(
+            &self.link_secrets,
+            Duration::from_secs(self.link_cache_ttl_seconds),
+            Duration::from_secs(self.link_wait_seconds),
+        )
     }
 }
 
@@ -357,6 +406,7 @@ impl Producer {
             public_url: config.public_url.clone(),
             retry_after_secs: config.retry_after_seconds,
             waiters: wait::Waiters::default(),
+            links: config.links().map_err(anyhow::Error::msg)?,
             longest_request: Duration::from_secs(
                 config.request_timeout_seconds + api::MAX_WAIT_SECONDS + 30,
             ),
@@ -395,11 +445,22 @@ impl Producer {
             .layer(axum::extract::DefaultBodyLimit::max(
                 config.body_limit_bytes,
             ))
-            .with_state(state)
+            .with_state(state.clone())
             .layer(middleware::from_fn_with_state(
                 access.clone(),
                 access::guard,
             ))
+            // A render link carries its own signature instead of an API
+            // key; the rate limit applies all the same.
+            .merge(
+                Router::new()
+                    .route("/v1/render", get(links::render))
+                    .with_state(state)
+                    .layer(middleware::from_fn_with_state(
+                        access.clone(),
+                        access::limit,
+                    )),
+            )
             .route("/", get(index))
             .merge(
                 Router::new()

@@ -1,6 +1,7 @@
 //! `url2png-producer`: the HTTP front door. It accepts screenshot requests,
 //! validates them and puts jobs on the SQS queue; `url2png-producer submit
-//! <URL>` queues one job from a terminal.
+//! <URL>` queues one job from a terminal, and `url2png-producer sign-link
+//! <URL>` prints a signed render link.
 //!
 //! Thin on purpose: parse the configuration, start logging, wire the
 //! shutdown signals, and hand over to the library.
@@ -15,6 +16,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         // `submit` stands in for the program name, so its usage reads right.
         let args = url2png_producer::cli::SubmitArgs::parse_from(std::env::args_os().skip(1));
         return url2png_producer::cli::submit(args).await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("sign-link") {
+        let args = url2png_producer::cli::SignLinkArgs::parse_from(std::env::args_os().skip(1));
+        return Ok(url2png_producer::cli::sign_link(&args));
     }
     let config = url2png_producer::Config::parse();
     if config.common.check_config {

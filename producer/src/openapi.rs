@@ -18,7 +18,13 @@ use crate::api;
         description = "Screenshots of web pages, rendered by a fleet of headless Chromium workers. \
             Submit a URL, then poll its status or fetch its image.",
     ),
-    paths(api::submit, api::submit_batch, api::status, api::image),
+    paths(
+        api::submit,
+        api::submit_batch,
+        api::status,
+        api::image,
+        crate::links::render
+    ),
     modifiers(&BearerKeys),
     tags((name = "screenshots", description = "Submit jobs and read their results")),
 )]

@@ -14,6 +14,7 @@ use url2png_testkit::TestAws;
 
 mod delivery;
 mod handoff;
+mod links;
 mod sync;
 
 struct Running {
