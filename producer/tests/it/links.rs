@@ -3,7 +3,7 @@
 
 use super::*;
 use url2png_testkit::http::{Reply, request};
-use url2png_testkit::{Fixtures, Page};
+use url2png_testkit::Fixtures;
 
 const SECRET: &str = "a-link-secret-of-some-length";
 
