@@ -2,8 +2,8 @@
 //! sign-link`, against a real worker and Chromium.
 
 use super::*;
-use url2png_testkit::http::{Reply, request};
 use url2png_testkit::Fixtures;
+use url2png_testkit::http::{Reply, request};
 
 const SECRET: &str = "a-link-secret-of-some-length";
 
@@ -218,4 +218,53 @@ async fn render_links_are_off_without_link_secrets() {
     args.extend(["--link-secrets", "site:short"]);
     let config = Config::try_parse_from(args).unwrap();
     assert!(config.validate().unwrap_err().contains("16 characters"));
+}
+
+/// The README's Python snippet, as written there.
+fn readme_snippet() -> String {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("### Render links").unwrap()..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn the_readmes_python_signer_makes_links_the_api_accepts() {
+    let aws = TestAws::start().await;
+    let secrets = format!("site:{SECRET}");
+    let producer = start(
+        &aws,
+        &["--link-secrets", &secrets, "--link-wait-seconds", "0"],
+    )
+    .await;
+    let script = format!(
+        "{}\nprint(render_link('', 'site', '{SECRET}', 'https://example.com/a b?q=~x*y&z=ü', width=640, full_page=True, format='jpeg'))\n",
+        readme_snippet()
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (reply, body) = get(producer.addr, &link).await;
+    // Accepted (queued, not rendered within a zero wait), not refused.
+    assert_eq!(
+        (reply.status, body["error"]["code"].as_str()),
+        (503, Some("pending")),
+        "{link}: {body}"
+    );
+    let jobs = drain(&aws).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].options.width, 640);
+    assert!(jobs[0].options.full_page);
+    assert_eq!(jobs[0].options.format, ImageFormat::Jpeg);
+    let (reply, body) = get(producer.addr, &link.replace("640", "641")).await;
+    assert_eq!(reply.status, 403, "{body}");
 }

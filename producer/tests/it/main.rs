@@ -870,7 +870,9 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
     page.wait_for_navigation().await.unwrap();
     let url = serde_json::to_string(&fixtures.url("/shot")).unwrap();
     page.evaluate(format!(
-        "document.getElementById('url').value = {url}; document.getElementById('submit').click(); true"
+        "const u = document.getElementById('url'); u.value = {url}; \
+         u.dispatchEvent(new Event('input', {{ bubbles: true }})); \
+         document.getElementById('submit').click(); true"
     ))
     .await
     .unwrap();
@@ -913,6 +915,54 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
         .into_value()
         .unwrap();
     assert!(href.contains("X-Amz-Signature"), "{href}");
+
+    // The job is in the tab's recent jobs with its thumbnail.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let thumbnail: i64 = page
+            .evaluate(
+                "(() => { const i = document.querySelector('#recent li img');                  return i && i.complete ? i.naturalWidth : 0; })()",
+            )
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        if thumbnail == 1280 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no thumbnail in the recent jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown: String = page
+        .evaluate(
+            "(async () => { document.querySelector('#recent li').click();              for (let i = 0; i < 100 && document.getElementById('job-status').hidden; i++)                await new Promise((r) => setTimeout(r, 50));              return document.getElementById('job-status').textContent; })()",
+        )
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["status"], "done", "{shown}");
+
+    // The curl command the page shows does what the form does.
+    let command: String = page
+        .evaluate("document.getElementById('curl').textContent")
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", &command])
+        .output()
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{command}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(answer["status"], "done", "{command}: {answer}");
+    assert_eq!(answer["render"]["width"], shown["render"]["width"]);
 
     // The form's other options, as the page names them and the API takes
     // them.
