@@ -6,7 +6,8 @@
 //!
 //! - the image at `<prefix><id>.<ext>` (`png`, `jpg` or `webp`);
 //! - a failure record at `<prefix><id>.error.json` when the job can never
-//!   succeed.
+//!   succeed;
+//! - the render report of a stored image at `<prefix><id>.report.json`.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::job::ImageFormat;
 
 /// Longest accepted key prefix, in bytes. S3 keys are at most 1024 bytes; a
-/// UUID and the longest suffix (`.error.json`) take 47.
+/// UUID and the longest suffix (`.report.json`) take 48.
 pub const MAX_PREFIX_BYTES: usize = 512;
 
 /// Where a job's objects live in the bucket.
@@ -71,6 +72,11 @@ impl KeyLayout {
     /// Key of the failure record.
     pub fn failure(&self, id: Uuid) -> String {
         format!("{}{}.error.json", self.prefix, id)
+    }
+
+    /// Key of the render report of a stored image.
+    pub fn report(&self, id: Uuid) -> String {
+        format!("{}{}.report.json", self.prefix, id)
     }
 
     /// Every key a job may have written, image formats first.
@@ -228,6 +234,9 @@ pub struct FailureRecord {
     /// When the worker gave up.
     #[serde(with = "time::serde::rfc3339")]
     pub failed_at: OffsetDateTime,
+    /// What the last attempt saw, as far as it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Box<crate::report::RenderReport>>,
 }
 
 impl FailureRecord {
@@ -305,6 +314,7 @@ mod tests {
             refused: Some("169.254.169.254:80".into()),
             attempts: 3,
             failed_at: time::macros::datetime!(2026-11-25 11:00:00 UTC),
+            report: None,
         };
         let json = record.to_json();
         assert_eq!(FailureRecord::from_json(json.as_bytes()).unwrap(), record);

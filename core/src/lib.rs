@@ -2,6 +2,7 @@
 //!
 //! - [`job`]: the job message contract, the only type put on the queue;
 //! - [`keys`]: where a job's image and failure record live in S3;
+//! - [`report`]: the render report the worker stores with every job;
 //! - [`aws`]: AWS clients from the default chain, emulator-aware;
 //! - [`telemetry`]: tracing and the Prometheus registry;
 //! - [`shutdown`]: the process-wide cancellation token;
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod ops;
 pub mod options;
 pub mod policy;
+pub mod report;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
 #[cfg(feature = "runtime")]

@@ -426,6 +426,8 @@ pub enum JobStatus {
         /// Facts the worker recorded with the image (its object metadata),
         /// such as the final URL and the rendered size.
         render: HashMap<String, String>,
+        /// Where the render report is.
+        report_url: String,
     },
     /// The job failed for good; the failure record says why.
     Failed {
@@ -449,6 +451,10 @@ pub enum JobStatus {
         attempts: u32,
         /// RFC 3339.
         failed_at: Option<String>,
+        /// Where the render report of the last attempt is (when it got as
+        /// far as having one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        report_url: Option<String>,
     },
 }
 
@@ -1153,12 +1159,13 @@ async fn listed_status(state: &AppState, id: Uuid) -> Result<Status, ApiError> {
             )
         })?;
     let failure_key = state.layout.failure(id);
+    let report_key = state.layout.report(id);
     let mut failure = false;
     for object in listed.contents() {
         let Some(key) = object.key() else { continue };
         if key == failure_key {
             failure = true;
-        } else {
+        } else if key != report_key {
             // An image wins over a failure record: a later attempt succeeded.
             let head = state
                 .s3
@@ -1245,6 +1252,7 @@ async fn document(state: &AppState, id: Uuid, found: &Status) -> Result<JobStatu
             content_type: content_type.clone(),
             size_bytes: *size,
             render: metadata.clone(),
+            report_url: report_url(state, id),
         },
         Status::Failed(record) => JobStatus::Failed {
             id,
@@ -1259,11 +1267,97 @@ async fn document(state: &AppState, id: Uuid, found: &Status) -> Result<JobStatu
                 .failed_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .ok(),
+            report_url: record.report.is_some().then(|| report_url(state, id)),
         },
         Status::Pending => JobStatus::Pending { id },
         Status::Expired => JobStatus::Expired { id },
         Status::Unknown => return Err(unknown_id()),
     })
+}
+
+fn report_url(state: &AppState, id: Uuid) -> String {
+    format!(
+        "{}/v1/screenshots/{id}/report",
+        state.public_url.trim_end_matches('/')
+    )
+}
+
+/// A job's render report: what the worker saw while rendering it.
+#[utoipa::path(
+    get,
+    path = "/v1/screenshots/{id}/report",
+    tag = "screenshots",
+    params(("id" = Uuid, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The report of the stored image, or of the failed job's last attempt", body = url2png_core::report::RenderReport),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "Not finished yet (code `pending`, see Retry-After), no report (code `no_report`: the job failed before rendering, or the report could not be stored), or no job with this id was accepted here (code `not_found`)", body = ErrorBody),
+        (status = 410, description = "The job expired without a result", body = ErrorBody),
+        (status = 503, description = "The bucket is unreachable; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn report(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let no_report = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_report",
+            "this job has no render report",
+        )
+    };
+    match status_of(&state, id).await? {
+        Status::Done { .. } => {
+            let got = state
+                .s3
+                .get_object()
+                .bucket(&state.bucket)
+                .key(state.layout.report(id))
+                .send()
+                .await;
+            match got {
+                Ok(object) => {
+                    let bytes = object
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| storage_unavailable(&state, "reading a report", e))?
+                        .into_bytes();
+                    let mut response = bytes.into_response();
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    Ok(response)
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    Err(no_report())
+                }
+                Err(e) => Err(storage_unavailable(
+                    &state,
+                    "reading a report",
+                    aws_sdk_s3::error::DisplayErrorContext(&e),
+                )),
+            }
+        }
+        Status::Failed(record) => match record.report {
+            Some(report) => Ok(Json(report).into_response()),
+            None => Err(no_report()),
+        },
+        Status::Pending => Err(ApiError {
+            retry_after: Some(state.retry_after_secs),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "pending",
+                "the job has not finished yet",
+            )
+        }),
+        Status::Expired => Err(expired()),
+        Status::Unknown => Err(unknown_id()),
+    }
 }
 
 /// The image: a redirect to a presigned URL once it exists.

@@ -83,16 +83,7 @@ pub fn take_fields(object: &mut Map<String, Value>) -> Result<Option<CacheReques
     Ok((ttl.is_some() || force).then_some(CacheRequest { ttl, force }))
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+pub use url2png_core::report::hex;
 
 /// Whose results a request may reuse: its API key's, or everyone's when
 /// the API has no keys.
@@ -350,10 +341,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn hex_is_lower_case_and_two_digits_a_byte() {
-        assert_eq!(hex(&[0, 1, 0xab, 0xff]), "0001abff");
     }
 }

@@ -442,6 +442,7 @@ impl Producer {
             .route("/v1/screenshots/batch", post(api::submit_batch))
             .route("/v1/screenshots/{id}", get(api::status))
             .route("/v1/screenshots/{id}/image", get(api::image))
+            .route("/v1/screenshots/{id}/report", get(api::report))
             .layer(axum::extract::DefaultBodyLimit::max(
                 config.body_limit_bytes,
             ))

@@ -23,6 +23,7 @@ use crate::api;
         api::submit_batch,
         api::status,
         api::image,
+        api::report,
         crate::links::render
     ),
     modifiers(&BearerKeys),

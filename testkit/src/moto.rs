@@ -401,6 +401,21 @@ impl TestAws {
         }
     }
 
+    /// The jobs' results in the bucket: images and failure records, not
+    /// the render reports beside them or the producer's cache and
+    /// idempotency records.
+    pub async fn results(&self) -> Vec<String> {
+        self.keys()
+            .await
+            .into_iter()
+            .filter(|k| {
+                !k.ends_with(".report.json")
+                    && !k.starts_with("cache/")
+                    && !k.starts_with("idempotency/")
+            })
+            .collect()
+    }
+
     /// The bytes of an object in the bucket.
     pub async fn object(&self, key: &str) -> Vec<u8> {
         self.clients

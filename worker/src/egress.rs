@@ -191,8 +191,20 @@ impl Egress {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(accept(listener, self.clone(), scope, events.clone()));
-        Ok(Proxy { addr, events, task })
+        let connected = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(accept(
+            listener,
+            self.clone(),
+            scope,
+            events.clone(),
+            connected.clone(),
+        ));
+        Ok(Proxy {
+            addr,
+            events,
+            connected,
+            task,
+        })
     }
 }
 
@@ -201,6 +213,7 @@ impl Egress {
 pub struct Proxy {
     addr: SocketAddr,
     events: Arc<Mutex<Vec<EgressEvent>>>,
+    connected: Arc<Mutex<Vec<(String, SocketAddr)>>>,
     task: JoinHandle<()>,
 }
 
@@ -225,6 +238,12 @@ impl Proxy {
     pub fn events(&self) -> Vec<EgressEvent> {
         self.events.lock().expect("egress events").clone()
     }
+
+    /// The hosts (`host:port` as requested) it connected to so far, each
+    /// with the checked address it chose, in order, each pair once.
+    pub fn connected(&self) -> Vec<(String, SocketAddr)> {
+        self.connected.lock().expect("egress connections").clone()
+    }
 }
 
 impl Drop for Proxy {
@@ -240,6 +259,7 @@ struct Shared {
     egress: Egress,
     scope: Scope,
     events: Arc<Mutex<Vec<EgressEvent>>>,
+    connected: Arc<Mutex<Vec<(String, SocketAddr)>>>,
     idle: Mutex<HashMap<(String, u16), Vec<Upstream>>>,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -295,10 +315,21 @@ impl Shared {
         }
     }
 
-    /// Open a connection to one of `addrs` for plain HTTP requests.
-    async fn open(&self, addrs: &[SocketAddr]) -> Option<Upstream> {
+    /// Note a connection to `target` at `addr` (each pair once, the first
+    /// few hundred).
+    fn note_connection(&self, target: &str, addr: SocketAddr) {
+        let mut connected = self.connected.lock().expect("egress connections");
+        if connected.len() < 256 && !connected.iter().any(|(t, a)| t == target && *a == addr) {
+            connected.push((target.to_owned(), addr));
+        }
+    }
+
+    /// Open a connection to one of `addrs` of `target` for plain HTTP
+    /// requests.
+    async fn open(&self, target: &str, addrs: &[SocketAddr]) -> Option<Upstream> {
         let stream = connect_any(addrs).await?;
         let addr = stream.peer_addr().ok()?;
+        self.note_connection(target, addr);
         let (sender, connection) = client::handshake(TokioIo::new(stream)).await.ok()?;
         self.spawn(async move {
             if let Err(e) = connection.await {
@@ -359,6 +390,9 @@ impl Shared {
                 "no address accepted a connection",
             );
         };
+        if let Ok(addr) = upstream.peer_addr() {
+            self.note_connection(&target, addr);
+        }
         self.count("allowed");
         self.spawn(async move {
             match hyper::upgrade::on(request).await {
@@ -422,7 +456,7 @@ impl Shared {
             let reused = idle.is_some();
             let Some(mut upstream) = (match idle {
                 Some(u) => Some(u),
-                None => self.open(&addrs).await,
+                None => self.open(&target, &addrs).await,
             }) else {
                 return self.unreachable(
                     &target,
@@ -578,11 +612,13 @@ async fn accept(
     egress: Egress,
     scope: Scope,
     events: Arc<Mutex<Vec<EgressEvent>>>,
+    connected: Arc<Mutex<Vec<(String, SocketAddr)>>>,
 ) {
     let shared = Arc::new(Shared {
         egress,
         scope,
         events,
+        connected,
         idle: Mutex::new(HashMap::new()),
         tasks: Mutex::new(JoinSet::new()),
     });

@@ -133,6 +133,27 @@ const CONSENT: &str = r#"(() => {
     return "searching";
 })()"#;
 
+/// Counts `console.error` calls and uncaught errors in every document of
+/// the page, behind a symbol the page does not know.
+pub const COUNT_ERRORS: &str = r#"(() => {
+  const key = Symbol.for("url2png.errors");
+  if (Object.prototype.hasOwnProperty.call(window, key)) return;
+  let count = 0;
+  Object.defineProperty(window, key, { get: () => count });
+  const error = console.error;
+  console.error = function (...args) { count++; return error.apply(this, args); };
+  window.addEventListener("error", (e) => { if (e instanceof ErrorEvent) count++; });
+  window.addEventListener("unhandledrejection", () => { count++; });
+})()"#;
+
+/// What `COUNT_ERRORS` counted in the page's main document.
+pub fn errors_counted() -> Result<EvaluateParams, String> {
+    params(
+        r#"window[Symbol.for("url2png.errors")] ?? null"#.to_owned(),
+        false,
+    )
+}
+
 /// `NAMES`.
 pub fn class_and_id_names() -> Result<EvaluateParams, String> {
     params(NAMES.to_owned(), false)

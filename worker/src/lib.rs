@@ -209,6 +209,7 @@ impl Worker {
             rendering: Arc::default(),
             renders: Arc::new(Semaphore::new(config.concurrency())),
             allow_scripts: config.allow_scripts,
+            browser: std::sync::OnceLock::new(),
             blockers: Arc::new(crate::blocking::Blockers::new(
                 &config.filter_lists_dir,
                 &config.consent_script,

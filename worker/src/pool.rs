@@ -471,6 +471,14 @@ impl Lease {
         self.proxy.as_ref().map(Proxy::events).unwrap_or_default()
     }
 
+    /// The hosts this page's proxy connected to, with the addresses.
+    pub fn connected(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.proxy
+            .as_ref()
+            .map(Proxy::connected)
+            .unwrap_or_default()
+    }
+
     /// Whether the browser behind this page is still alive.
     pub fn browser_alive(&self) -> bool {
         self.slot.alive.load(Ordering::Acquire)

@@ -37,6 +37,7 @@ use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::render::Rendered;
+use url2png_core::report::{ImageFacts, RenderReport};
 
 /// What every job needs; shared by all of them.
 #[derive(Debug)]
@@ -68,6 +69,8 @@ pub struct Ctx {
     pub allow_scripts: bool,
     /// Ad, tracker and consent pop-up blocking.
     pub blockers: Arc<crate::blocking::Blockers>,
+    /// Chromium's product string, read from the first page.
+    pub browser: std::sync::OnceLock<String>,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
@@ -92,8 +95,9 @@ impl Ctx {
 enum Outcome {
     /// Done with the message: delete it. The label is the `outcome` metric.
     Done(&'static str),
-    /// Try again after a backoff.
-    Retry(JobFailure),
+    /// Try again after a backoff; the report of the attempt, if it got as
+    /// far as having one, goes into the failure record of a last attempt.
+    Retry(JobFailure, Option<Box<RenderReport>>),
     /// The last attempt failed and its record is written: leave the
     /// message to the queue's redrive policy (the dead-letter queue).
     DeadLetter,
@@ -143,7 +147,7 @@ pub async fn process(
             ctx.acker.delete(message_id, receipt);
             ctx.metrics.jobs.with_label_values(&[label]).inc();
         }
-        Outcome::Retry(failure) => {
+        Outcome::Retry(failure, _) => {
             let secs = retry_visibility_secs(receive_count, ctx.retry_base, ctx.retry_max);
             tracing::warn!(reason = %failure.describe(), retry_in_secs = secs, "job failed; will retry");
             ctx.acker.release(message_id, receipt, secs).await;
@@ -175,14 +179,16 @@ async fn handle(
     let job = parsed.as_ref().ok().map(|job| (job.id, job.url.clone()));
     let outcome = attempt(ctx, message_id, body, parsed, receive_count, sent_at).await;
     match (outcome, job) {
-        (Outcome::Retry(failure), Some((id, url))) if ctx.attempts.is_last(receive_count) => {
+        (Outcome::Retry(failure, report), Some((id, url)))
+            if ctx.attempts.is_last(receive_count) =>
+        {
             let failure = failure.last_attempt();
             tracing::warn!(
                 reason = %failure.describe(),
                 attempts = receive_count,
                 "the job's last attempt failed; recording the failure"
             );
-            match store_failure(ctx, id, Some(url), failure, receive_count).await {
+            match store_failure(ctx, id, Some(url), failure, receive_count, report).await {
                 Outcome::Done(_) if ctx.attempts.has_dead_letter_queue() => Outcome::DeadLetter,
                 other => other,
             }
@@ -242,11 +248,14 @@ async fn attempt(
                 salvaged_url,
                 JobFailure::contract(&e),
                 receive_count,
+                None,
             )
             .await;
         }
     };
     let key = ctx.layout.image(job.id, job.options.format);
+    let mut report = RenderReport::new(job.id, &job.url, &job.options, receive_count);
+    report.timings_ms.queue_wait = sent_at.and_then(|t| t.elapsed().ok()).map(millis);
 
     if job.options.uses_scripts() && !ctx.allow_scripts {
         if already_failed(ctx, id).await {
@@ -259,6 +268,7 @@ async fn attempt(
             Some(job.url.clone()),
             JobFailure::scripts_off(),
             receive_count,
+            Some(Box::new(report)),
         )
         .await;
     }
@@ -277,6 +287,7 @@ async fn attempt(
             Some(job.url.clone()),
             JobFailure::policy(&e),
             receive_count,
+            Some(Box::new(report)),
         )
         .await;
     }
@@ -287,18 +298,29 @@ async fn attempt(
     }
 
     let started = Instant::now();
-    let rendered = match render_job(ctx, &job).await {
+    let rendered = match render_job(ctx, &job, &mut report).await {
         Ok(rendered) => rendered,
-        Err(failure) if failure.retryable => return Outcome::Retry(failure),
+        Err(failure) if failure.retryable => {
+            return Outcome::Retry(failure, Some(Box::new(report)));
+        }
         Err(failure) => {
             tracing::info!(reason = %failure.describe(), "job failed for good");
-            return store_failure(ctx, job.id, Some(job.url.clone()), failure, receive_count).await;
+            return store_failure(
+                ctx,
+                job.id,
+                Some(job.url.clone()),
+                failure,
+                receive_count,
+                Some(Box::new(report)),
+            )
+            .await;
         }
     };
     ctx.metrics
         .render_seconds
         .observe(started.elapsed().as_secs_f64());
 
+    let thumbnail_started = Instant::now();
     let rendered = match job.options.thumbnail {
         None => rendered,
         Some(box_) => {
@@ -318,14 +340,32 @@ async fn attempt(
                     height,
                     ..rendered
                 },
-                Err(e) => return Outcome::Retry(JobFailure::thumbnail(e)),
+                Err(e) => {
+                    return Outcome::Retry(JobFailure::thumbnail(e), Some(Box::new(report)));
+                }
             }
         }
     };
+    if job.options.thumbnail.is_some() {
+        let capture = report.timings_ms.capture.unwrap_or_default();
+        report.timings_ms.capture = Some(capture + millis(thumbnail_started.elapsed()));
+    }
+    report.truncated = rendered.truncated;
+    report.console_errors = rendered.console_errors;
+    report.image = Some(ImageFacts {
+        content_type: job.options.format.content_type().to_owned(),
+        size_bytes: rendered.bytes.len() as u64,
+        width: rendered.width,
+        height: rendered.height,
+        sha256: url2png_core::report::sha256_hex(&rendered.bytes),
+    });
     let render_time = started.elapsed();
     tracing::debug!(elapsed = ?render_time, "rendered");
+    let upload_started = Instant::now();
     match store_image(ctx, &job, &key, rendered, render_time).await {
         Ok(()) => {
+            report.timings_ms.upload = Some(millis(upload_started.elapsed()));
+            store_report(ctx, &report).await;
             if let Some(elapsed) = sent_at.and_then(|t| t.elapsed().ok()) {
                 ctx.metrics
                     .queue_to_stored_seconds
@@ -334,11 +374,81 @@ async fn attempt(
             tracing::info!(key, elapsed = ?started.elapsed(), "image stored");
             Outcome::Done("stored")
         }
-        Err(e) => Outcome::Retry(JobFailure::transient(format!("storing the image: {e}"))),
+        Err(e) => Outcome::Retry(
+            JobFailure::transient(format!("storing the image: {e}")),
+            Some(Box::new(report)),
+        ),
     }
 }
 
-async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, JobFailure> {
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Write what the lease saw into `report`.
+fn observe(ctx: &Ctx, lease: &crate::pool::Lease, report: &mut RenderReport) {
+    use url2png_core::report::{Connection, DocumentResponse, FailedRequest, MAX_ENTRIES, Refusal};
+    let tab = lease.tab();
+    report.documents = tab
+        .document_responses()
+        .into_iter()
+        .map(|(url, status)| DocumentResponse { url, status })
+        .collect();
+    if let Some(last) = report.documents.last() {
+        report.final_url = Some(last.url.clone());
+        report.http_status = last.status;
+    }
+    report.connected = lease
+        .connected()
+        .into_iter()
+        .map(|(target, addr)| Connection {
+            target,
+            address: addr.to_string(),
+        })
+        .take(MAX_ENTRIES)
+        .collect();
+    for event in lease.egress_events() {
+        match event {
+            crate::egress::EgressEvent::Blocked(b)
+                if report.refused_by_policy.len() < MAX_ENTRIES =>
+            {
+                report.refused_by_policy.push(Refusal {
+                    target: b.target,
+                    reason: b.reason,
+                });
+            }
+            crate::egress::EgressEvent::Unreached {
+                target,
+                kind,
+                detail,
+            } if report.failed_requests.len() < MAX_ENTRIES => {
+                report.failed_requests.push(FailedRequest {
+                    target,
+                    kind: kind.code().to_owned(),
+                    detail,
+                });
+            }
+            _ => {}
+        }
+    }
+    for (target, reason) in tab.refused_in_browser() {
+        if report.refused_by_policy.len() < MAX_ENTRIES {
+            report.refused_by_policy.push(Refusal { target, reason });
+        }
+    }
+    (report.blocked_by_rules, report.blocked_urls) = tab.rules_blocked();
+    let times = tab.phase_times();
+    report.timings_ms.navigation = times.navigation.map(millis);
+    report.timings_ms.wait = times.wait.map(millis);
+    report.timings_ms.capture = times.capture.map(millis);
+    report.browser = ctx.browser.get().cloned();
+}
+
+async fn render_job(
+    ctx: &Ctx,
+    job: &JobMessage,
+    report: &mut RenderReport,
+) -> Result<Rendered, JobFailure> {
     let started = Instant::now();
     let budget = Duration::from_millis(job.options.timeout_ms.into()).min(ctx.render_timeout);
     // Slots outnumber pages by the prefetch: a job may wait for the jobs
@@ -355,11 +465,18 @@ async fn render_job(ctx: &Ctx, job: &JobMessage) -> Result<Rendered, JobFailure>
         .await
         .map_err(|e| JobFailure::transient(e.to_string()))?;
     tracing::debug!(elapsed = ?started.elapsed(), "page acquired");
+    report.timings_ms.page = Some(millis(started.elapsed()));
+    if ctx.browser.get().is_none()
+        && let Some(product) = lease.tab().browser_product().await
+    {
+        let _ = ctx.browser.set(product);
+    }
     let result = tokio::time::timeout(
         budget,
         lease.tab().render(&job.url, &job.options, &ctx.blockers),
     )
     .await;
+    observe(ctx, &lease, report);
     match result {
         Ok(Ok(rendered)) => {
             let blocked = lease.blocked();
@@ -490,6 +607,7 @@ async fn store_failure(
     url: Option<String>,
     failure: JobFailure,
     attempts: u32,
+    report: Option<Box<RenderReport>>,
 ) -> Outcome {
     let record = FailureRecord {
         id,
@@ -502,6 +620,7 @@ async fn store_failure(
         refused: failure.refused.clone(),
         attempts,
         failed_at: OffsetDateTime::now_utc(),
+        report,
     };
     let started = std::time::Instant::now();
     let result = ctx
@@ -516,11 +635,37 @@ async fn store_failure(
     ctx.metrics.aws_call("s3", "PutObject", started, &result);
     match result {
         Ok(_) => Outcome::Done("failed"),
-        Err(e) => Outcome::Retry(JobFailure::transient(format!(
-            "storing the failure record ({}): {}",
-            failure.reason.as_str(),
-            aws_sdk_s3::error::DisplayErrorContext(&e)
-        ))),
+        Err(e) => Outcome::Retry(
+            JobFailure::transient(format!(
+                "storing the failure record ({}): {}",
+                failure.reason.as_str(),
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
+            record.report,
+        ),
+    }
+}
+
+/// Store the render report next to the stored image. The image is the
+/// job's result, so a report that cannot be stored is logged and counted,
+/// not a reason to render again.
+async fn store_report(ctx: &Ctx, report: &RenderReport) {
+    let started = std::time::Instant::now();
+    let result = ctx
+        .s3
+        .put_object()
+        .bucket(&ctx.bucket)
+        .key(ctx.layout.report(report.job_id))
+        .content_type("application/json")
+        .body(ByteStream::from(report.to_json().into_bytes()))
+        .send()
+        .await;
+    ctx.metrics.aws_call("s3", "PutObject", started, &result);
+    if let Err(e) = result {
+        tracing::warn!(
+            error = %aws_sdk_s3::error::DisplayErrorContext(&e),
+            "could not store the render report; the image is stored"
+        );
     }
 }
 

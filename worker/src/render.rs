@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use chromiumoxide::cdp::browser_protocol::browser::{
@@ -77,6 +77,9 @@ pub struct Rendered {
     pub status: Option<u16>,
     /// Sub-resources the job's own rules kept from loading.
     pub blocked_requests: u32,
+    /// `console.error` calls and uncaught errors in the page, when they
+    /// could be read.
+    pub console_errors: Option<u32>,
 }
 
 /// Why a render did not produce an image.
@@ -270,6 +273,28 @@ struct Document {
     auth_required: bool,
     /// The page's renderer crashed (or was killed).
     crashed: bool,
+    /// Every response of the main frame's document, in order (redirects,
+    /// then the page), for the render report.
+    responses: Vec<(String, Option<u16>)>,
+    /// Requests the check inside the browser refused: URL and why.
+    refusals: Vec<(String, String)>,
+}
+
+/// When a render entered each phase, for the render report.
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    navigation: Option<Instant>,
+    wait: Option<Instant>,
+    capture: Option<Instant>,
+    finished: Option<Instant>,
+}
+
+/// How long a render spent in each phase it reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseTimes {
+    pub navigation: Option<Duration>,
+    pub wait: Option<Duration>,
+    pub capture: Option<Duration>,
 }
 
 /// A target in its own browser context, attached and set up for one job.
@@ -292,6 +317,7 @@ pub struct Tab {
     phase: std::sync::atomic::AtomicU8,
     /// What the render is waiting for, while it waits.
     waiting: Mutex<Option<String>>,
+    marks: Mutex<Marks>,
     /// The job's own rules for its requests, which the pump applies.
     rules: Arc<std::sync::RwLock<Option<Arc<RequestRules>>>>,
     pump: tokio::task::JoinHandle<()>,
@@ -382,6 +408,7 @@ impl Tab {
             network,
             phase: std::sync::atomic::AtomicU8::new(0),
             waiting: Mutex::new(None),
+            marks: Mutex::new(Marks::default()),
             rules,
             pump,
         })
@@ -407,6 +434,62 @@ impl Tab {
             u8::try_from(index).unwrap_or(0),
             std::sync::atomic::Ordering::Release,
         );
+        let now = Some(Instant::now());
+        let mut marks = self.marks.lock().expect("marks");
+        match phase {
+            Phase::Navigation => {
+                *marks = Marks {
+                    navigation: now,
+                    ..Marks::default()
+                }
+            }
+            Phase::Wait => marks.wait = now,
+            Phase::Capture => marks.capture = now,
+            Phase::Page => {}
+        }
+    }
+
+    /// How long the latest render spent in each phase it reached (a phase
+    /// still running counts to now).
+    pub fn phase_times(&self) -> PhaseTimes {
+        let marks = *self.marks.lock().expect("marks");
+        let end = marks.finished.unwrap_or_else(Instant::now);
+        let span = |from: Option<Instant>, to: Option<Instant>| {
+            from.map(|f| to.unwrap_or(end).saturating_duration_since(f))
+        };
+        PhaseTimes {
+            navigation: span(marks.navigation, marks.wait.or(marks.capture)),
+            wait: span(marks.wait, marks.capture),
+            capture: span(marks.capture, None),
+        }
+    }
+
+    /// The main frame's document responses so far: URL and status.
+    pub fn document_responses(&self) -> Vec<(String, Option<u16>)> {
+        self.document.lock().expect("document").responses.clone()
+    }
+
+    /// Requests the check inside the browser refused so far: URL and why.
+    pub fn refused_in_browser(&self) -> Vec<(String, String)> {
+        self.document.lock().expect("document").refusals.clone()
+    }
+
+    /// What the job's own rules refused: how many, and the first URLs.
+    pub fn rules_blocked(&self) -> (u32, Vec<String>) {
+        self.rules
+            .read()
+            .expect("rules")
+            .as_ref()
+            .map_or((0, Vec::new()), |r| (r.blocked(), r.blocked_urls()))
+    }
+
+    /// Chromium's product string (`Chrome/131.0.…`).
+    pub async fn browser_product(&self) -> Option<String> {
+        self.cdp
+            .call(None, GetVersionParams::default(), self.settings.cdp_timeout)
+            .await
+            .ok()
+            .map(|v| v.product)
     }
 
     async fn call<C: Command>(
@@ -609,11 +692,21 @@ impl Tab {
             .expect("rules")
             .as_ref()
             .map_or(0, |r| r.blocked());
-        self.capture(options).await.map(|mut r| {
+        let console_errors = match self
+            .evaluate("Runtime.evaluate", in_page::errors_counted())
+            .await
+        {
+            Ok(Evaluated::Value(v)) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+            _ => None,
+        };
+        let rendered = self.capture(options).await.map(|mut r| {
             r.status = status;
             r.blocked_requests = blocked;
+            r.console_errors = console_errors;
             r
-        })
+        });
+        self.marks.lock().expect("marks").finished = Some(Instant::now());
+        rendered
     }
 
     /// Set the page up as the job asks before it loads: the viewport and
@@ -822,6 +915,16 @@ impl Tab {
                 SetCookiesParams::new(cookies),
             ));
         }
+        calls.push(self.unit(
+            "Page.addScriptToEvaluateOnNewDocument",
+            AddScriptToEvaluateOnNewDocumentParams {
+                source: in_page::COUNT_ERRORS.to_owned(),
+                world_name: None,
+                include_command_line_api: None,
+                run_immediately: None,
+            },
+            timeout,
+        ));
         if options.block_cookie_banners {
             let source = blockers
                 .consent_script()
@@ -1214,6 +1317,7 @@ impl Tab {
             truncated,
             status: None,
             blocked_requests: 0,
+            console_errors: None,
         })
     }
 }
@@ -1275,6 +1379,7 @@ impl Tab {
             truncated: false,
             status: None,
             blocked_requests: 0,
+            console_errors: None,
         })
     }
 }
@@ -1307,6 +1412,11 @@ async fn pump(
                     .inspect_err(|reason| {
                         tracing::info!(url = %truncate(&paused.request.url, 200), reason, "request refused in the browser");
                         check.refused.inc();
+                        let mut doc = document.lock().expect("document");
+                        if doc.refusals.len() < url2png_core::report::MAX_ENTRIES {
+                            doc.refusals
+                                .push((truncate(&paused.request.url, 500).to_owned(), reason.clone()));
+                        }
                     }),
                 _ => Ok(()),
             };
@@ -1315,6 +1425,11 @@ async fn pump(
                 doc.status = paused
                     .response_status_code
                     .and_then(|s| u16::try_from(s).ok());
+                if doc.responses.len() < url2png_core::report::MAX_ENTRIES {
+                    let url = truncate(&paused.request.url, 2000).to_owned();
+                    let status = doc.status;
+                    doc.responses.push((url, status));
+                }
                 let header =
                     |name: &str| {
                         paused.response_headers.iter().flatten().find_map(|h| {

@@ -32,6 +32,8 @@ pub struct RequestRules {
     page: String,
     /// Requests these rules refused.
     blocked: AtomicU32,
+    /// The first URLs they refused, for the render report.
+    blocked_urls: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for RequestRules {
@@ -148,12 +150,25 @@ impl RequestRules {
         self.blocked.load(Ordering::Relaxed)
     }
 
+    /// The first URLs the rules refused.
+    pub fn blocked_urls(&self) -> Vec<String> {
+        self.blocked_urls.lock().expect("blocked urls").clone()
+    }
+
     /// What to do with `request`, of `kind`, that the egress check let
     /// through. `main_document` is the page's own document, which is never
     /// blocked.
     pub fn verdict(&self, request: &Request, kind: &ResourceType, main_document: bool) -> Verdict {
         if !main_document && self.blocks(&request.url, kind, &request.method) {
             self.blocked.fetch_add(1, Ordering::Relaxed);
+            let mut urls = self.blocked_urls.lock().expect("blocked urls");
+            if urls.len() < url2png_core::report::MAX_ENTRIES {
+                let mut end = request.url.len().min(500);
+                while !request.url.is_char_boundary(end) {
+                    end -= 1;
+                }
+                urls.push(request.url[..end].to_owned());
+            }
             return Verdict::Block;
         }
         if self.headers.is_empty() {
@@ -355,6 +370,7 @@ mod tests {
             Verdict::Continue
         );
         assert_eq!(rules.blocked(), 3);
+        assert_eq!(rules.blocked_urls().len(), 3);
         assert!(RequestRules::new(&RenderOptions::default(), "http://a/", Vec::new()).is_none());
     }
 }

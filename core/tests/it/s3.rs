@@ -77,6 +77,7 @@ async fn put_head_and_get_an_image_and_a_failure_record() {
         failed_at: time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .unwrap(),
+        report: None,
     };
     clients
         .s3

@@ -314,6 +314,7 @@ async fn status_follows_what_the_worker_stores() {
         refused: None,
         attempts: 3,
         failed_at: time::OffsetDateTime::now_utc(),
+        report: None,
     };
     aws.clients
         .s3
@@ -482,6 +483,42 @@ async fn status_tells_unknown_expired_and_pending_apart_and_a_finished_poll_is_o
     assert_eq!(
         (status, body["status"].as_str()),
         (200, Some("done")),
+        "{body}"
+    );
+
+    // A render report beside a failure record is not taken for an image.
+    let failed = uuid::Uuid::new_v4();
+    let record = FailureRecord {
+        id: failed,
+        url: None,
+        reason: FailureReason::Timeout,
+        message: "m".into(),
+        detail: None,
+        phase: None,
+        http_status: None,
+        refused: None,
+        attempts: 1,
+        failed_at: time::OffsetDateTime::now_utc(),
+        report: None,
+    };
+    for (key, body) in [
+        (layout.failure(failed), record.to_json()),
+        (layout.report(failed), "{}".to_owned()),
+    ] {
+        aws.clients
+            .s3
+            .put_object()
+            .bucket(&aws.bucket)
+            .key(key)
+            .body(ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (status, body) = status_of(failed).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("failed")),
         "{body}"
     );
 }

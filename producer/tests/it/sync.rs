@@ -37,6 +37,20 @@ async fn a_render_that_finishes_within_wait_is_answered_with_its_status_or_its_i
         reply.header("location"),
         Some(format!("/v1/screenshots/{id}").as_str())
     );
+    // Its render report, by the status's link.
+    let report_url = body["report_url"].as_str().unwrap().to_owned();
+    assert_eq!(report_url, format!("/v1/screenshots/{id}/report"));
+    let (status, report) = get_json(addr, &report_url).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["job_id"], id.as_str());
+    assert_eq!(
+        (
+            report["image"]["width"].as_u64(),
+            report["image"]["height"].as_u64()
+        ),
+        (Some(640), Some(480))
+    );
+    assert_eq!(report["final_url"], fixtures.url("/page"));
 
     // By Accept, the image itself.
     let reply = url2png_testkit::http::request_with(
@@ -71,6 +85,10 @@ async fn a_render_that_finishes_within_wait_is_answered_with_its_status_or_its_i
         (Some("failed"), Some("http_error"))
     );
     assert_eq!(body["http_status"], 404);
+    let (status, report) = get_json(addr, body["report_url"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["http_status"], 404);
+    assert!(report.get("image").is_none(), "{report}");
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
@@ -91,6 +109,11 @@ async fn a_render_slower_than_wait_gets_202_and_waiters_of_one_job_share_a_backe
     assert_eq!(reply.status, 202, "{body}");
     assert_eq!(body["status"], "pending");
     let id = body["id"].as_str().unwrap().to_owned();
+    let (status, report) = get_json(addr, &format!("/v1/screenshots/{id}/report")).await;
+    assert_eq!(
+        (status, report["error"]["code"].as_str()),
+        (404, Some("pending"))
+    );
     let alone = heads_of(&producer);
     // 200 ms growing by half up to 1 s: 5 polls in 3 s, not a tight loop.
     assert!((3..=7).contains(&alone), "{alone} HEADs in 3 s");

@@ -284,7 +284,7 @@ async fn s3_failing_while_rendering() {
         for _ in 0..3 {
             let (visible, in_flight) = aws.queue_counts(&aws.queue.url).await;
             deleted = deleted.min(total.saturating_sub(visible + in_flight));
-            stored = aws.keys().await.len() as u64;
+            stored = aws.results().await.len() as u64;
             if deleted <= stored {
                 break;
             }

@@ -11,4 +11,5 @@ mod isolation;
 mod lifecycle;
 mod options;
 mod rendering;
+mod report;
 mod resilience;

@@ -88,9 +88,10 @@ pub async fn send_jobs(aws: &TestAws, jobs: &[JobMessage]) {
     send_bodies(aws, &bodies).await;
 }
 
-/// Every key in the bucket.
+/// Every job result in the bucket: images and failure records (the render
+/// reports beside the images are left out).
 pub async fn keys(aws: &TestAws) -> Vec<String> {
-    aws.keys().await
+    aws.results().await
 }
 
 pub async fn get(aws: &TestAws, key: &str) -> Vec<u8> {
