@@ -692,21 +692,25 @@ impl Tab {
             .expect("rules")
             .as_ref()
             .map_or(0, |r| r.blocked());
-        let console_errors = match self
-            .evaluate("Runtime.evaluate", in_page::errors_counted())
-            .await
-        {
-            Ok(Evaluated::Value(v)) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
-            _ => None,
-        };
-        let rendered = self.capture(options).await.map(|mut r| {
-            r.status = status;
-            r.blocked_requests = blocked;
-            r.console_errors = console_errors;
-            r
-        });
+        let mut rendered = self.capture(options).await?;
         self.marks.lock().expect("marks").finished = Some(Instant::now());
-        rendered
+        rendered.status = status;
+        rendered.blocked_requests = blocked;
+        // After the capture, so that a page that stopped answering fails
+        // in the capture as before; a count that cannot be read is left
+        // out of the report.
+        rendered.console_errors = match in_page::errors_counted() {
+            Ok(params) => match self
+                .call("Runtime.evaluate", params, self.settings.cdp_timeout)
+                .await
+                .map(Evaluated::from)
+            {
+                Ok(Evaluated::Value(v)) => v.as_u64().and_then(|n| u32::try_from(n).ok()),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        Ok(rendered)
     }
 
     /// Set the page up as the job asks before it loads: the viewport and
