@@ -176,6 +176,18 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
+/// A loopback port that refuses connections for as long as the returned
+/// socket lives: bound, never listening, so no other server of the
+/// machine can take it meanwhile (as one could a port merely closed).
+pub fn refusing_port() -> (u16, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind an ephemeral loopback port");
+    let port = socket.local_addr().expect("its address").port();
+    (port, socket)
+}
+
 /// Settings of the resources [`TestAws::start_with`] creates.
 #[derive(Debug, Clone)]
 pub struct TestAwsOptions {

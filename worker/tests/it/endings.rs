@@ -97,12 +97,8 @@ async fn a_selector_that_never_matches_fails_the_wait_on_the_last_attempt() {
 async fn network_troubles_get_their_own_classes() {
     let aws = one_attempt().await;
     let site = Fixtures::start().await;
-    // A port nothing listens on: bound, then closed.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nothing listens on, and nothing else can take meanwhile.
+    let (closed, _reserved) = url2png_testkit::moto::refusing_port();
     // Something that answers a TLS handshake with plain text (it waits
     // for the client's hello, as a server does: data before it would be
     // a broken tunnel to Chromium, not a TLS error).

@@ -20,7 +20,7 @@ async fn the_report_of_a_stored_image_says_what_the_page_did() {
     let refused = Fixtures::start_on(IpAddr::from([127, 0, 0, 2])).await;
     let refused_target = format!("127.0.0.2:{}", refused.addr().port());
     // Nothing listens on this port of 127.0.0.1.
-    let closed = url2png_testkit::moto::free_port();
+    let (closed, _reserved) = url2png_testkit::moto::refusing_port();
     let closed_target = format!("127.0.0.1:{closed}");
     site.page(
         "/page",
