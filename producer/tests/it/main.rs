@@ -983,6 +983,20 @@ async fn the_web_page_submits_and_shows_the_screenshot() {
         .unwrap();
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["status"], "done", "{shown}");
+    let report: String = page
+        .evaluate(
+            "(async () => { \
+             for (let i = 0; i < 100 && document.getElementById('job-report').hidden; i++) \
+               await new Promise((r) => setTimeout(r, 50)); \
+             return document.getElementById('job-report').textContent; })()",
+        )
+        .await
+        .unwrap()
+        .into_value()
+        .unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["job_id"], shown["id"], "{report}");
+    assert_eq!(report["image"]["width"], 1280);
 
     // The curl command the page shows does what the form does.
     let command: String = page
