@@ -1113,31 +1113,43 @@ pub(crate) async fn status_of(state: &AppState, id: Uuid) -> Result<Status, ApiE
     })
 }
 
-/// The job's failure record, if there is one.
-async fn failure_record(state: &AppState, id: Uuid) -> Result<Option<FailureRecord>, ApiError> {
+/// The object at `key` and its ETag, or `None` when there is none.
+pub(crate) async fn get_if_any(
+    state: &AppState,
+    key: &str,
+    what: &str,
+) -> Result<Option<(Bytes, String)>, ApiError> {
     let got = state
         .s3
         .get_object()
         .bucket(&state.bucket)
-        .key(state.layout.failure(id))
+        .key(key)
         .send()
         .await;
     match got {
         Ok(object) => {
+            let etag = object.e_tag().unwrap_or_default().to_owned();
             let bytes = object
                 .body
                 .collect()
                 .await
-                .map_err(|e| storage_unavailable(state, "reading a failure record", e))?;
-            Ok(FailureRecord::from_json(&bytes.into_bytes()).ok())
+                .map_err(|e| storage_unavailable(state, what, e))?
+                .into_bytes();
+            Ok(Some((bytes, etag)))
         }
         Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
         Err(e) => Err(storage_unavailable(
             state,
-            "reading a failure record",
+            what,
             aws_sdk_s3::error::DisplayErrorContext(&e),
         )),
     }
+}
+
+/// The job's failure record, if there is one.
+async fn failure_record(state: &AppState, id: Uuid) -> Result<Option<FailureRecord>, ApiError> {
+    let got = get_if_any(state, &state.layout.failure(id), "reading a failure record").await?;
+    Ok(got.and_then(|(bytes, _)| FailureRecord::from_json(&bytes).ok()))
 }
 
 /// The status of a job whose id does not say its format: a `LIST` of its
@@ -1311,37 +1323,15 @@ pub async fn report(
     };
     match status_of(&state, id).await? {
         Status::Done { .. } => {
-            let got = state
-                .s3
-                .get_object()
-                .bucket(&state.bucket)
-                .key(state.layout.report(id))
-                .send()
-                .await;
-            match got {
-                Ok(object) => {
-                    let bytes = object
-                        .body
-                        .collect()
-                        .await
-                        .map_err(|e| storage_unavailable(&state, "reading a report", e))?
-                        .into_bytes();
-                    let mut response = bytes.into_response();
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    Ok(response)
-                }
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    Err(no_report())
-                }
-                Err(e) => Err(storage_unavailable(
-                    &state,
-                    "reading a report",
-                    aws_sdk_s3::error::DisplayErrorContext(&e),
-                )),
-            }
+            let (bytes, _) = get_if_any(&state, &state.layout.report(id), "reading a report")
+                .await?
+                .ok_or_else(no_report)?;
+            let mut response = bytes.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(response)
         }
         Status::Failed(record) => match record.report {
             Some(report) => Ok(Json(report).into_response()),

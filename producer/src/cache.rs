@@ -156,35 +156,15 @@ fn pointer_key(state: &AppState, key: &str) -> String {
 
 /// Read the pointer for `key`.
 pub async fn read(state: &AppState, key: &str) -> Result<Option<Found>, ApiError> {
-    let got = state
-        .s3
-        .get_object()
-        .bucket(&state.bucket)
-        .key(pointer_key(state, key))
-        .send()
-        .await;
-    match got {
-        Ok(object) => {
-            let etag = object.e_tag().unwrap_or_default().to_owned();
-            let bytes = object
-                .body
-                .collect()
-                .await
-                .map_err(|e| crate::api::storage_unavailable(state, "reading a cache entry", e))?
-                .into_bytes();
-            // A pointer that does not parse is replaced like a stale one.
-            let id = serde_json::from_slice::<Pointer>(&bytes)
-                .map(|p| p.id)
-                .unwrap_or_else(|_| Uuid::nil());
-            Ok(Some(Found { id, etag }))
-        }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-        Err(e) => Err(crate::api::storage_unavailable(
-            state,
-            "reading a cache entry",
-            aws_sdk_s3::error::DisplayErrorContext(&e),
-        )),
-    }
+    let got =
+        crate::api::get_if_any(state, &pointer_key(state, key), "reading a cache entry").await?;
+    Ok(got.map(|(bytes, etag)| {
+        // A pointer that does not parse is replaced like a stale one.
+        let id = serde_json::from_slice::<Pointer>(&bytes)
+            .map(|p| p.id)
+            .unwrap_or_else(|_| Uuid::nil());
+        Found { id, etag }
+    }))
 }
 
 /// Whether a job accepted as `id` is younger than `ttl`.
