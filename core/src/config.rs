@@ -96,6 +96,61 @@ pub struct IdArgs {
     pub id_secret: String,
 }
 
+/// How the links in a status document are made: the API's base URL and
+/// the presigned image URL. The producer answers status documents and the
+/// worker sends them to webhooks; both make them alike from these.
+#[derive(Debug, Clone, Args)]
+pub struct LinkArgs {
+    /// Base URL clients reach the API at, for the URLs in responses
+    /// (empty: relative URLs).
+    #[arg(long, env = "URL2PNG_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+
+    /// S3 endpoint that image URLs are signed for, when clients reach S3 at
+    /// another address than the service does (for example a local
+    /// emulator: `moto:5000` inside compose, `localhost:5000` in the
+    /// browser); empty: the service's own.
+    #[arg(long, env = "URL2PNG_PRESIGN_ENDPOINT_URL", default_value = "")]
+    pub presign_endpoint_url: String,
+
+    /// Lifetime of presigned image URLs, in seconds (1..=604800).
+    #[arg(long, env = "URL2PNG_PRESIGN_SECONDS", default_value_t = 900)]
+    pub presign_seconds: u64,
+}
+
+impl LinkArgs {
+    /// What is wrong with the settings, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=604_800).contains(&self.presign_seconds) {
+            return Err(format!(
+                "URL2PNG_PRESIGN_SECONDS={} is outside 1..=604800",
+                self.presign_seconds
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a presigned image URL is valid.
+    pub fn presign_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.presign_seconds)
+    }
+
+    /// The client that presigns image URLs: `s3` itself, or a copy aimed
+    /// at [`presign_endpoint_url`](Self::presign_endpoint_url).
+    pub fn presigner(&self, s3: &aws_sdk_s3::Client) -> aws_sdk_s3::Client {
+        if self.presign_endpoint_url.is_empty() {
+            return s3.clone();
+        }
+        aws_sdk_s3::Client::from_conf(
+            s3.config()
+                .to_builder()
+                .endpoint_url(&self.presign_endpoint_url)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+}
+
 impl StoreArgs {
     /// The key layout, or what is wrong with the settings.
     pub fn layout(&self) -> Result<crate::keys::KeyLayout, String> {

@@ -46,6 +46,8 @@ pub const FULL_PAGE_MAX_HEIGHT_LIMIT: u32 = 32_768;
 /// the largest viewport at scale 1; a viewport that is larger once scaled is
 /// refused, and a full-page capture is clipped to stay within it.
 pub const MAX_OUTPUT_PIXELS: u64 = VIEWPORT_MAX as u64 * VIEWPORT_MAX as u64;
+/// Longest `webhook_url`, in bytes once encoded.
+pub const MAX_WEBHOOK_URL_BYTES: usize = 1024;
 /// Per-job timeout bounds, in milliseconds.
 pub const TIMEOUT_MIN_MS: u32 = 1_000;
 pub const TIMEOUT_MAX_MS: u32 = 120_000;
@@ -75,6 +77,11 @@ pub struct JobMessage {
         skip_serializing_if = "Option::is_none"
     )]
     pub submitted_at: Option<OffsetDateTime>,
+    /// Where to POST the status document, signed, when the job ends
+    /// (`done` or `failed`): an absolute http(s) URL, checked by the URL
+    /// policy like a page, when submitted and again when delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 /// How to render a page. Every field has a default, so `{}` is valid.
@@ -491,6 +498,7 @@ impl JobMessage {
             url: url.into(),
             options,
             submitted_at: None,
+            webhook_url: None,
         }
     }
 
@@ -579,6 +587,21 @@ impl JobMessage {
             ));
         }
         validate_url(&self.url)?;
+        if let Some(webhook) = &self.webhook_url {
+            let parsed = check_url("webhook_url", webhook)?;
+            // It travels in the image's object metadata, which S3 caps at
+            // 2 KB in all; measured as sent (IDNA and percent-encoded).
+            if parsed.as_str().len() > MAX_WEBHOOK_URL_BYTES {
+                return Err(ContractError::field(
+                    ErrorCode::OutOfRange,
+                    "webhook_url",
+                    format!(
+                        "webhook URL is {} bytes encoded; the limit is {MAX_WEBHOOK_URL_BYTES}",
+                        parsed.as_str().len()
+                    ),
+                ));
+            }
+        }
         self.options.validate()?;
         let size = self.to_json().len();
         if size > MAX_BODY_BYTES {
@@ -596,25 +619,29 @@ impl JobMessage {
 /// length limit. Which hosts and addresses may be reached is the URL
 /// policy's business, not the contract's.
 pub fn validate_url(raw: &str) -> Result<url::Url, ContractError> {
-    const FIELD: &str = "url";
+    check_url("url", raw)
+}
+
+/// [`validate_url`] for the URL in `field`.
+fn check_url(field: &str, raw: &str) -> Result<url::Url, ContractError> {
     if raw.len() > MAX_URL_BYTES {
         return Err(ContractError::field(
             ErrorCode::OutOfRange,
-            FIELD,
+            field,
             format!("URL is {} bytes; the limit is {MAX_URL_BYTES}", raw.len()),
         ));
     }
     if raw.trim().is_empty() {
         return Err(ContractError::field(
             ErrorCode::Invalid,
-            FIELD,
+            field,
             "URL is empty",
         ));
     }
     let parsed = url::Url::parse(raw).map_err(|e| {
         ContractError::field(
             ErrorCode::Invalid,
-            FIELD,
+            field,
             format!("not an absolute URL: {e}"),
         )
     })?;
@@ -622,7 +649,7 @@ pub fn validate_url(raw: &str) -> Result<url::Url, ContractError> {
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ContractError::field(
             ErrorCode::Invalid,
-            FIELD,
+            field,
             format!(
                 "scheme `{}` is not allowed; use http or https",
                 parsed.scheme()
@@ -632,7 +659,7 @@ pub fn validate_url(raw: &str) -> Result<url::Url, ContractError> {
     if parsed.host().is_none() {
         return Err(ContractError::field(
             ErrorCode::Invalid,
-            FIELD,
+            field,
             "URL has no host",
         ));
     }
@@ -1518,6 +1545,35 @@ mod tests {
         let fits = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES - 20));
         assert_eq!(fits.len(), MAX_URL_BYTES);
         check(&fits).unwrap();
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_like_page_urls_and_measured_encoded() {
+        let check = |webhook: serde_json::Value| {
+            let mut v = base();
+            v["webhook_url"] = webhook;
+            JobMessage::parse(&body(v))
+        };
+        let job = check(json!("https://example.com/hooks/1")).unwrap();
+        assert_eq!(job.webhook_url.as_deref(), Some("https://example.com/hooks/1"));
+        assert_eq!(check(json!(null)).unwrap().webhook_url, None);
+        for bad in ["file:///etc/passwd", "example.com/hook", "http://", ""] {
+            let e = check(json!(bad)).expect_err(bad);
+            assert_eq!(e.field.as_deref(), Some("webhook_url"), "{bad}: {e:?}");
+        }
+        let e = check(json!(1)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("webhook_url"));
+        // 200 characters of two bytes, six once percent-encoded: over the
+        // limit though the raw text is not.
+        let wide = format!("https://example.com/{}", "é".repeat(200));
+        assert!(wide.len() < MAX_WEBHOOK_URL_BYTES);
+        let e = check(json!(wide)).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::OutOfRange, Some("webhook_url"))
+        );
+        let fits = format!("https://example.com/{}", "a".repeat(MAX_WEBHOOK_URL_BYTES - 20));
+        check(json!(fits)).unwrap();
     }
 
     #[test]

@@ -79,6 +79,11 @@ impl KeyLayout {
         format!("{}{}.report.json", self.prefix, id)
     }
 
+    /// Key of the webhook delivery record.
+    pub fn webhook(&self, id: Uuid) -> String {
+        format!("{}{}.webhook.json", self.prefix, id)
+    }
+
     /// Every key a job may have written, image formats first.
     pub fn all(&self, id: Uuid) -> [String; 5] {
         [
@@ -237,6 +242,10 @@ pub struct FailureRecord {
     /// What the last attempt saw, as far as it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Box<crate::report::RenderReport>>,
+    /// The job's webhook, whose deliveries are recorded at
+    /// [`KeyLayout::webhook`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 impl FailureRecord {
@@ -315,6 +324,7 @@ mod tests {
             attempts: 3,
             failed_at: time::macros::datetime!(2026-11-25 11:00:00 UTC),
             report: None,
+            webhook_url: None,
         };
         let json = record.to_json();
         assert_eq!(FailureRecord::from_json(json.as_bytes()).unwrap(), record);

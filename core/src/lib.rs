@@ -3,6 +3,7 @@
 //! - [`job`]: the job message contract, the only type put on the queue;
 //! - [`keys`]: where a job's image and failure record live in S3;
 //! - [`report`]: the render report the worker stores with every job;
+//! - [`status`]: the status document, and webhook deliveries;
 //! - [`aws`]: AWS clients from the default chain, emulator-aware;
 //! - [`telemetry`]: tracing and the Prometheus registry;
 //! - [`shutdown`]: the process-wide cancellation token;
@@ -24,6 +25,7 @@ pub mod policy;
 pub mod report;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
+pub mod status;
 #[cfg(feature = "runtime")]
 pub mod telemetry;
 

@@ -19,7 +19,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{Value, json};
 use url2png_core::job::{ContractError, ErrorCode, JobMessage, RenderOptions};
-use url2png_core::keys::{FailureReason, FailureRecord, KeyLayout, Phase};
+use url2png_core::keys::{FailureRecord, KeyLayout};
 use url2png_core::policy::UrlPolicy;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -63,6 +63,8 @@ pub struct AppState {
     pub waiters: crate::wait::Waiters,
     /// Render links' keys and settings.
     pub links: crate::links::LinkSettings,
+    /// Whether jobs may name a `webhook_url` (the workers deliver them).
+    pub webhooks: bool,
 }
 
 /// A validated request: the job, and what it asked of the cache.
@@ -103,6 +105,17 @@ fn admit_as(state: &AppState, value: Value, scripts: bool) -> Result<Submission,
         _ => None,
     };
     let job = job_from_value(value, &state.policy, &state.id_secret)?;
+    if job.webhook_url.is_some() && !state.webhooks {
+        return Err(ApiError {
+            field: Some("webhook_url".into()),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhooks_disabled",
+                "this service sends no webhooks: its operator has not set \
+                 URL2PNG_WEBHOOK_QUEUE_URL",
+            )
+        });
+    }
     if job.options.uses_scripts() && !scripts {
         let field = if job.options.script.is_some() {
             "script"
@@ -236,6 +249,20 @@ pub fn job_from_value(
             });
         }
     };
+    let webhook_url = match object.remove("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(webhook)) => Some(webhook),
+        Some(_) => {
+            return Err(ApiError {
+                field: Some("webhook_url".into()),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "wrong_type",
+                    "expected a string",
+                )
+            });
+        }
+    };
     let options = match object.remove("options") {
         Some(nested) if object.is_empty() => nested,
         Some(_) => {
@@ -254,17 +281,22 @@ pub fn job_from_value(
         "id": Uuid::new_v4(),
         "url": url,
         "options": options,
+        "webhook_url": webhook_url,
     });
     let mut job = JobMessage::parse(envelope.to_string().as_bytes())?;
-    if let Err(e) = policy.check_url(&job.url) {
-        return Err(ApiError {
-            field: Some("url".into()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "blocked_by_policy",
-                e.to_string(),
-            )
-        });
+    let refused = |field: &str, e: url2png_core::policy::PolicyError| ApiError {
+        field: Some(field.into()),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "blocked_by_policy",
+            e.to_string(),
+        )
+    };
+    policy.check_url(&job.url).map_err(|e| refused("url", e))?;
+    if let Some(webhook) = &job.webhook_url {
+        policy
+            .check_url(webhook)
+            .map_err(|e| refused("webhook_url", e))?;
     }
     let now = std::time::SystemTime::now();
     job.id = url2png_core::id::mint(id_secret, job.options.format, now);
@@ -291,6 +323,13 @@ pub struct SubmitRequest {
     /// the cached one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    /// Where to POST the job's status document when it ends (`done` or
+    /// `failed`), signed with `Url2png-Signature`; checked by the URL
+    /// policy now and again when delivered. Needs webhooks on
+    /// (`URL2PNG_WEBHOOK_QUEUE_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 8192, example = "https://example.com/hooks/url2png")]
+    pub webhook_url: Option<String>,
     #[serde(flatten)]
     #[schema(inline)]
     pub options: RenderOptions,
@@ -405,58 +444,7 @@ pub struct BatchResponse {
     pub results: Vec<BatchItem>,
 }
 
-/// Where a job stands, read from the bucket.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Accepted, not rendered yet.
-    Pending { id: Uuid },
-    /// Accepted longer ago than the queue keeps messages, with no result:
-    /// there will be none (submit it again).
-    Expired { id: Uuid },
-    /// The image exists.
-    Done {
-        id: Uuid,
-        /// A presigned GET URL for the image.
-        image_url: String,
-        /// How long `image_url` stays valid.
-        expires_in_seconds: u64,
-        content_type: Option<String>,
-        size_bytes: i64,
-        /// Facts the worker recorded with the image (its object metadata),
-        /// such as the final URL and the rendered size.
-        render: HashMap<String, String>,
-        /// Where the render report is.
-        report_url: String,
-    },
-    /// The job failed for good; the failure record says why.
-    Failed {
-        id: Uuid,
-        reason: FailureReason,
-        /// One sentence for a person.
-        message: String,
-        /// What an operator needs beyond the message (the browser's error
-        /// code, the proxy's answer, the last retryable error).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        detail: Option<String>,
-        /// For `timeout`: where the time ran out.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        phase: Option<Phase>,
-        /// For `http_error`: the page's status.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        http_status: Option<u16>,
-        /// For `blocked_by_policy`: the host or address refused.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        refused: Option<String>,
-        attempts: u32,
-        /// RFC 3339.
-        failed_at: Option<String>,
-        /// Where the render report of the last attempt is (when it got as
-        /// far as having one).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        report_url: Option<String>,
-    },
-}
+pub use url2png_core::status::JobStatus;
 
 fn accepted(state: &AppState, id: Uuid, cache: Option<CacheAnswer>) -> Accepted {
     let base = state.public_url.trim_end_matches('/');
@@ -556,7 +544,7 @@ pub(crate) async fn place(
         });
     };
     use crate::cache::{Write, WriteError};
-    let key = crate::cache::key(scope, &job.url, &job.options);
+    let key = crate::cache::key(scope, &job.url, &job.options, job.webhook_url.as_deref());
     let mut condition = Write::Overwrite;
     if !cache.force
         && let Some(ttl) = cache.ttl
@@ -1251,47 +1239,61 @@ pub async fn status(
 
 /// The status document of job `id`, from what S3 said about it.
 async fn document(state: &AppState, id: Uuid, found: &Status) -> Result<JobStatus, ApiError> {
-    Ok(match found {
+    use url2png_core::status::{StoredImage, WEBHOOK_METADATA};
+    let (mut document, webhook) = match found {
         Status::Done {
             key,
             size,
             content_type,
             metadata,
-        } => JobStatus::Done {
-            id,
-            image_url: presign(state, key).await?,
-            expires_in_seconds: state.presign_lifetime.as_secs(),
-            content_type: content_type.clone(),
-            size_bytes: *size,
-            render: metadata.clone(),
-            report_url: report_url(state, id),
-        },
-        Status::Failed(record) => JobStatus::Failed {
-            id,
-            reason: record.reason,
-            message: record.message.clone(),
-            detail: record.detail.clone(),
-            phase: record.phase,
-            http_status: record.http_status,
-            refused: record.refused.clone(),
-            attempts: record.attempts,
-            failed_at: record
-                .failed_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok(),
-            report_url: record.report.is_some().then(|| report_url(state, id)),
-        },
-        Status::Pending => JobStatus::Pending { id },
-        Status::Expired => JobStatus::Expired { id },
+        } => (
+            JobStatus::done(
+                id,
+                StoredImage {
+                    url: presign(state, key).await?,
+                    expires_in_seconds: state.presign_lifetime.as_secs(),
+                    content_type: content_type.clone(),
+                    size_bytes: *size,
+                    metadata: metadata.clone(),
+                },
+                &state.public_url,
+            ),
+            metadata.get(WEBHOOK_METADATA).cloned(),
+        ),
+        Status::Failed(record) => (
+            JobStatus::failed(id, record, &state.public_url),
+            record.webhook_url.clone(),
+        ),
+        Status::Pending => return Ok(JobStatus::Pending { id }),
+        Status::Expired => return Ok(JobStatus::Expired { id }),
         Status::Unknown => return Err(unknown_id()),
-    })
+    };
+    if let Some(url) = webhook {
+        document.set_webhook(webhook_state(state, id, url).await?);
+    }
+    Ok(document)
 }
 
-fn report_url(state: &AppState, id: Uuid) -> String {
-    format!(
-        "{}/v1/screenshots/{id}/report",
-        state.public_url.trim_end_matches('/')
-    )
+/// Where the delivery of job `id`'s webhook to `url` stands: its record,
+/// or `pending` before the first attempt wrote one.
+async fn webhook_state(
+    state: &AppState,
+    id: Uuid,
+    url: String,
+) -> Result<url2png_core::status::WebhookState, ApiError> {
+    use url2png_core::status::{DeliveryState, WebhookState};
+    let stored = get_if_any(state, &state.layout.webhook(id), "reading a webhook record").await?;
+    Ok(stored
+        .and_then(|(bytes, _)| serde_json::from_slice::<WebhookState>(&bytes).ok())
+        .unwrap_or(WebhookState {
+            url,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_attempt_at: None,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: None,
+        }))
 }
 
 /// A job's render report: what the worker saw while rendering it.

@@ -97,7 +97,12 @@ pub fn scope_of(headers: &HeaderMap) -> String {
 /// The cache key of a job for a client `scope`: hex SHA-256 of the scope,
 /// the normalised URL and the options in the contract's serialisation
 /// (with sorted object keys).
-pub fn key(scope: &str, url: &str, options: &url2png_core::RenderOptions) -> String {
+pub fn key(
+    scope: &str,
+    url: &str,
+    options: &url2png_core::RenderOptions,
+    webhook_url: Option<&str>,
+) -> String {
     let url = url::Url::parse(url)
         .map(String::from)
         .unwrap_or_else(|_| url.to_owned());
@@ -112,6 +117,12 @@ pub fn key(scope: &str, url: &str, options: &url2png_core::RenderOptions) -> Str
     hash.update(url.as_bytes());
     hash.update(b"\0");
     hash.update(options.as_bytes());
+    // A job with a webhook is shared only with submits naming the same
+    // receiver: sharing it with another would leave that one unnotified.
+    if let Some(webhook) = webhook_url {
+        hash.update(b"\0webhook\0");
+        hash.update(webhook.as_bytes());
+    }
     hex(&hash.finalize())
 }
 

@@ -67,10 +67,8 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_PRODUCER_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     pub listen: SocketAddr,
 
-    /// Base URL clients reach this API at, for the URLs in responses
-    /// (empty: relative URLs).
-    #[arg(long, env = "URL2PNG_PUBLIC_URL", default_value = "")]
-    pub public_url: String,
+    #[command(flatten)]
+    pub links_out: url2png_core::config::LinkArgs,
 
     /// Most jobs in one SendMessageBatch call (1..=10).
     #[arg(long, env = "URL2PNG_SEND_BATCH_MAX", default_value_t = 10)]
@@ -80,17 +78,6 @@ pub struct Config {
     /// (0..=1000, and shorter than the request timeout).
     #[arg(long, env = "URL2PNG_SEND_LINGER_MS", default_value_t = 5)]
     pub send_linger_ms: u64,
-
-    /// S3 endpoint that image URLs are signed for, when clients reach S3 at
-    /// another address than the producer does (for example a local
-    /// emulator: `moto:5000` inside compose, `localhost:5000` in the
-    /// browser); empty: the producer's own.
-    #[arg(long, env = "URL2PNG_PRESIGN_ENDPOINT_URL", default_value = "")]
-    pub presign_endpoint_url: String,
-
-    /// Lifetime of presigned image URLs, in seconds (1..=604800).
-    #[arg(long, env = "URL2PNG_PRESIGN_SECONDS", default_value_t = 900)]
-    pub presign_seconds: u64,
 
     /// Largest request body, in bytes.
     #[arg(long, env = "URL2PNG_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
@@ -141,6 +128,12 @@ pub struct Config {
     /// Retry-After, in seconds (0..=60).
     #[arg(long, env = "URL2PNG_LINK_WAIT_SECONDS", default_value_t = 20)]
     pub link_wait_seconds: u64,
+
+    /// The queue the workers take webhook deliveries from. The producer
+    /// sends nothing to it; set, jobs may name a `webhook_url`, and
+    /// without it they are refused (`webhooks_disabled`).
+    #[arg(long, env = "URL2PNG_WEBHOOK_QUEUE_URL", default_value = "")]
+    pub webhook_queue_url: String,
 
     /// Requests per client per minute on the API (0: no limit).
     #[arg(long, env = "URL2PNG_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
@@ -193,12 +186,7 @@ impl Config {
                 self.send_batch_max
             ));
         }
-        if !(1..=604_800).contains(&self.presign_seconds) {
-            return Err(format!(
-                "URL2PNG_PRESIGN_SECONDS={} is outside 1..=604800",
-                self.presign_seconds
-            ));
-        }
+        self.links_out.check()?;
         if self.send_linger_ms > 1000 {
             return Err(format!(
                 "URL2PNG_SEND_LINGER_MS={} is over 1000",
@@ -389,23 +377,12 @@ impl Producer {
             bucket: config.store.bucket.clone(),
             layout: config.store.layout().map_err(anyhow::Error::msg)?,
             policy: config.policy.policy().map_err(anyhow::Error::msg)?,
-            presign_lifetime: Duration::from_secs(config.presign_seconds),
-            presign_s3: if config.presign_endpoint_url.is_empty() {
-                clients.s3.clone()
-            } else {
-                aws_sdk_s3::Client::from_conf(
-                    clients
-                        .s3
-                        .config()
-                        .to_builder()
-                        .endpoint_url(&config.presign_endpoint_url)
-                        .force_path_style(true)
-                        .build(),
-                )
-            },
-            public_url: config.public_url.clone(),
+            presign_lifetime: config.links_out.presign_lifetime(),
+            presign_s3: config.links_out.presigner(&clients.s3),
+            public_url: config.links_out.public_url.clone(),
             retry_after_secs: config.retry_after_seconds,
             waiters: wait::Waiters::default(),
+            webhooks: !config.webhook_queue_url.is_empty(),
             links: config.links().map_err(anyhow::Error::msg)?,
             longest_request: Duration::from_secs(
                 config.request_timeout_seconds + api::MAX_WAIT_SECONDS + 30,

@@ -78,6 +78,7 @@ async fn put_head_and_get_an_image_and_a_failure_record() {
             .replace_nanosecond(0)
             .unwrap(),
         report: None,
+        webhook_url: None,
     };
     clients
         .s3

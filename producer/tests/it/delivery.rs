@@ -197,6 +197,7 @@ async fn a_failed_result_is_not_reused_and_clients_do_not_share_results() {
         attempts: 3,
         failed_at: time::OffsetDateTime::now_utc(),
         report: None,
+        webhook_url: None,
     };
     aws.clients
         .s3

@@ -315,6 +315,7 @@ async fn status_follows_what_the_worker_stores() {
         attempts: 3,
         failed_at: time::OffsetDateTime::now_utc(),
         report: None,
+        webhook_url: None,
     };
     aws.clients
         .s3
@@ -500,6 +501,7 @@ async fn status_tells_unknown_expired_and_pending_apart_and_a_finished_poll_is_o
         attempts: 1,
         failed_at: time::OffsetDateTime::now_utc(),
         report: None,
+        webhook_url: None,
     };
     for (key, body) in [
         (layout.failure(failed), record.to_json()),
