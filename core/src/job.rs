@@ -1555,7 +1555,10 @@ mod tests {
             JobMessage::parse(&body(v))
         };
         let job = check(json!("https://example.com/hooks/1")).unwrap();
-        assert_eq!(job.webhook_url.as_deref(), Some("https://example.com/hooks/1"));
+        assert_eq!(
+            job.webhook_url.as_deref(),
+            Some("https://example.com/hooks/1")
+        );
         assert_eq!(check(json!(null)).unwrap().webhook_url, None);
         for bad in ["file:///etc/passwd", "example.com/hook", "http://", ""] {
             let e = check(json!(bad)).expect_err(bad);
@@ -1572,7 +1575,10 @@ mod tests {
             (e.code, e.field.as_deref()),
             (ErrorCode::OutOfRange, Some("webhook_url"))
         );
-        let fits = format!("https://example.com/{}", "a".repeat(MAX_WEBHOOK_URL_BYTES - 20));
+        let fits = format!(
+            "https://example.com/{}",
+            "a".repeat(MAX_WEBHOOK_URL_BYTES - 20)
+        );
         check(json!(fits)).unwrap();
     }
 

@@ -123,10 +123,7 @@ impl JobStatus {
                 .failed_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .ok(),
-            report_url: record
-                .report
-                .is_some()
-                .then(|| report_url(public_url, id)),
+            report_url: record.report.is_some().then(|| report_url(public_url, id)),
             webhook: None,
         }
     }
@@ -221,9 +218,9 @@ pub struct WebhookMessage {
     pub id: Uuid,
     /// The receiver.
     pub url: String,
-    /// The image's key when the job is done; `None` when it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_key: Option<String>,
+    /// Where the job's image is when it is done (a failed job has its
+    /// failure record instead).
+    pub image_key: String,
     /// When the job ended.
     #[serde(with = "time::serde::rfc3339")]
     pub ended_at: OffsetDateTime,
@@ -286,11 +283,18 @@ mod tests {
             version: WEBHOOK_MESSAGE_VERSION,
             id: Uuid::nil(),
             url: "https://example.com/hook".into(),
-            image_key: Some("x.png".into()),
+            image_key: "x.png".into(),
             ended_at: OffsetDateTime::UNIX_EPOCH,
         };
-        assert_eq!(WebhookMessage::parse(&message.to_json()), Ok(message.clone()));
+        assert_eq!(
+            WebhookMessage::parse(&message.to_json()),
+            Ok(message.clone())
+        );
         let other = message.to_json().replace("\"version\":1", "\"version\":2");
-        assert!(WebhookMessage::parse(&other).unwrap_err().contains("version 2"));
+        assert!(
+            WebhookMessage::parse(&other)
+                .unwrap_err()
+                .contains("version 2")
+        );
     }
 }

@@ -261,16 +261,17 @@ mod tests {
 
     #[test]
     fn spellings_of_one_request_share_a_key_and_differences_do_not() {
-        let base = key("", "http://example.com/a?b=1", &options(json!({})));
+        let base = key("", "http://example.com/a?b=1", &options(json!({})), None);
         assert_eq!(
-            key("", "HTTP://Example.COM:80/a?b=1", &options(json!({}))),
+            key("", "HTTP://Example.COM:80/a?b=1", &options(json!({})), None),
             base
         );
         assert_eq!(
             key(
                 "",
                 "http://example.com/a?b=1",
-                &options(json!({"width": 1280}))
+                &options(json!({"width": 1280})),
+                None
             ),
             base,
             "a default spelled out is the same render"
@@ -280,18 +281,31 @@ mod tests {
                 "",
                 "http://example.com/",
                 &options(json!({"headers": {"x-a": a, "x-b": b}})),
+                None,
             )
         };
         assert_eq!(headers("1", "2"), headers("1", "2"));
         for other in [
-            key("", "http://example.com/a?b=2", &options(json!({}))),
+            key("", "http://example.com/a?b=2", &options(json!({})), None),
             key(
                 "",
                 "http://example.com/a?b=1",
                 &options(json!({"width": 800})),
+                None,
             ),
-            key("key:x", "http://example.com/a?b=1", &options(json!({}))),
-            key("", "https://example.com/a?b=1", &options(json!({}))),
+            key(
+                "key:x",
+                "http://example.com/a?b=1",
+                &options(json!({})),
+                None,
+            ),
+            key("", "https://example.com/a?b=1", &options(json!({})), None),
+            key(
+                "",
+                "http://example.com/a?b=1",
+                &options(json!({})),
+                Some("https://example.com/hook"),
+            ),
         ] {
             assert_ne!(other, base);
         }

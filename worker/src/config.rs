@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use url2png_core::config::{CommonArgs, PolicyArgs, StoreArgs, parse_addr};
+use url2png_core::config::{CommonArgs, LinkArgs, PolicyArgs, StoreArgs, parse_addr};
 
 use crate::heartbeat::MAX_INVISIBLE;
 
@@ -26,6 +26,46 @@ pub struct Config {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub links: LinkArgs,
+
+    /// The webhook deliveries queue (with its own dead-letter queue);
+    /// empty: jobs' `webhook_url` is not delivered.
+    #[arg(long, env = "URL2PNG_WEBHOOK_QUEUE_URL", default_value = "")]
+    pub webhook_queue_url: String,
+
+    /// The key webhook bodies are signed with (HMAC-SHA256), at least 16
+    /// characters; required with a deliveries queue.
+    #[arg(
+        long,
+        env = "URL2PNG_WEBHOOK_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub webhook_secret: String,
+
+    /// Time a receiver has to answer one delivery, in seconds (1..=60).
+    #[arg(long, env = "URL2PNG_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub webhook_timeout_seconds: u64,
+
+    /// First delay after a failed delivery, in seconds; it doubles with
+    /// each attempt.
+    #[arg(long, env = "URL2PNG_WEBHOOK_RETRY_BASE_SECONDS", default_value_t = 10)]
+    pub webhook_retry_base_seconds: u64,
+
+    /// Longest delay between deliveries, in seconds (at most 43200).
+    #[arg(long, env = "URL2PNG_WEBHOOK_RETRY_MAX_SECONDS", default_value_t = 900)]
+    pub webhook_retry_max_seconds: u64,
+
+    /// Deliveries attempted at once.
+    #[arg(long, env = "URL2PNG_WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub webhook_concurrency: usize,
+
+    /// Attempts a delivery has when the deliveries queue has no redrive
+    /// policy (with one, its `maxReceiveCount` is the limit).
+    #[arg(long, env = "URL2PNG_WEBHOOK_MAX_ATTEMPTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_max_attempts: u32,
 
     /// Jobs rendered at once; at most browsers × pages per browser
     /// (the default).
@@ -273,6 +313,35 @@ impl Config {
         if self.retry_max_seconds > 43_200 {
             return err("URL2PNG_RETRY_MAX_SECONDS is over 43200, SQS's limit".into());
         }
+        self.links.check()?;
+        if !self.webhook_queue_url.is_empty() {
+            if self.webhook_secret.len() < 16 {
+                return err(
+                    "URL2PNG_WEBHOOK_SECRET must be at least 16 characters when \
+                     URL2PNG_WEBHOOK_QUEUE_URL is set: receivers check every body with it"
+                        .into(),
+                );
+            }
+            if !(1..=60).contains(&self.webhook_timeout_seconds) {
+                return err(format!(
+                    "URL2PNG_WEBHOOK_TIMEOUT_SECONDS={} is outside 1..=60",
+                    self.webhook_timeout_seconds
+                ));
+            }
+            if self.webhook_retry_base_seconds == 0
+                || self.webhook_retry_base_seconds > self.webhook_retry_max_seconds
+                || self.webhook_retry_max_seconds > 43_200
+            {
+                return err(
+                    "URL2PNG_WEBHOOK_RETRY_BASE_SECONDS must be at least 1 and at most \
+                     URL2PNG_WEBHOOK_RETRY_MAX_SECONDS, which is at most 43200 (SQS's limit)"
+                        .into(),
+                );
+            }
+            if self.webhook_concurrency == 0 {
+                return err("URL2PNG_WEBHOOK_CONCURRENCY must be at least 1".into());
+            }
+        }
         Ok(())
     }
 
@@ -293,6 +362,22 @@ impl Config {
 
     pub fn visibility(&self) -> Duration {
         Duration::from_secs(self.visibility_timeout_seconds)
+    }
+
+    /// The webhook settings, when a deliveries queue is set.
+    pub fn webhooks(&self) -> Option<crate::webhook::WebhookSettings> {
+        (!self.webhook_queue_url.is_empty()).then(|| crate::webhook::WebhookSettings {
+            queue_url: self.webhook_queue_url.clone(),
+            secret: self.webhook_secret.as_bytes().to_vec(),
+            timeout: Duration::from_secs(self.webhook_timeout_seconds),
+            retry_base: Duration::from_secs(self.webhook_retry_base_seconds),
+            retry_max: Duration::from_secs(self.webhook_retry_max_seconds),
+            concurrency: self.webhook_concurrency,
+            wait_time_seconds: self.wait_time_seconds.into(),
+            max_attempts: self.webhook_max_attempts,
+            public_url: self.links.public_url.clone(),
+            presign_lifetime: self.links.presign_lifetime(),
+        })
     }
 }
 
@@ -365,6 +450,38 @@ mod tests {
                 &["--retry-base-seconds", "600"][..],
                 "URL2PNG_RETRY_BASE_SECONDS",
             ),
+            (
+                &[
+                    "--webhook-queue-url",
+                    "http://w",
+                    "--webhook-secret",
+                    "short",
+                ][..],
+                "URL2PNG_WEBHOOK_SECRET",
+            ),
+            (
+                &[
+                    "--webhook-queue-url",
+                    "http://w",
+                    "--webhook-secret",
+                    "0123456789abcdef",
+                    "--webhook-timeout-seconds",
+                    "0",
+                ][..],
+                "URL2PNG_WEBHOOK_TIMEOUT_SECONDS",
+            ),
+            (
+                &[
+                    "--webhook-queue-url",
+                    "http://w",
+                    "--webhook-secret",
+                    "0123456789abcdef",
+                    "--webhook-retry-base-seconds",
+                    "1000",
+                ][..],
+                "URL2PNG_WEBHOOK_RETRY_BASE_SECONDS",
+            ),
+            (&["--presign-seconds", "0"][..], "URL2PNG_PRESIGN_SECONDS"),
         ] {
             let e = parse(args).expect_err(&format!("{args:?} must be refused"));
             assert!(e.contains(needle), "{args:?}: {e}");

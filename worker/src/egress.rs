@@ -138,6 +138,18 @@ pub enum EgressEvent {
     },
 }
 
+/// Why [`Egress::connect`] did not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL policy refused the host or an address it resolves to.
+    #[error("refused by the URL policy: {0}")]
+    Refused(PolicyError),
+    /// Allowed, but not reached: the name did not resolve, or nothing
+    /// answered.
+    #[error("{0}")]
+    Unreached(String),
+}
+
 /// Checked addresses of names, with the time they were resolved.
 type Resolved = HashMap<(String, u16), (Instant, Vec<SocketAddr>)>;
 
@@ -179,6 +191,30 @@ impl Egress {
         }
         cache.insert(key, (Instant::now(), addrs.clone()));
         Ok(addrs)
+    }
+
+    /// Connect to `host:port` for the worker itself (a webhook): the same
+    /// check, resolution and pinning as a proxied request. Gives the stream
+    /// and the checked address it is connected to.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+        let addrs = self.admit(host, port).await.map_err(|e| {
+            if e.is_refusal() {
+                ConnectError::Refused(e)
+            } else {
+                ConnectError::Unreached(e.to_string())
+            }
+        })?;
+        let stream = connect_any(&addrs).await.ok_or_else(|| {
+            ConnectError::Unreached(format!("no address of {host}:{port} accepted a connection"))
+        })?;
+        let peer = stream
+            .peer_addr()
+            .map_err(|e| ConnectError::Unreached(e.to_string()))?;
+        Ok((stream, peer))
     }
 
     /// The policy the proxies enforce.

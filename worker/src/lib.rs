@@ -7,6 +7,7 @@
 //! - [`process`]: one message from receipt to acknowledgement;
 //! - [`pool`] and [`render`]: the Chromium pool and what is done on a page;
 //! - [`heartbeat`] and [`ack`]: visibility extensions, deletes and releases;
+//! - [`webhook`]: signed webhook deliveries from their own queue;
 //! - [`backoff`]: retry delays; [`config`]: settings; [`metrics`].
 //!
 //! [`Worker::start`] takes its configuration and AWS clients as values, so
@@ -29,6 +30,7 @@ pub mod receive;
 pub mod render;
 pub mod rules;
 pub mod thumbnail;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -191,7 +193,31 @@ impl Worker {
             config.store.queue_url.clone(),
             background.clone(),
         ));
+        let webhooks = config.webhooks().map(|settings| {
+            crate::webhook::Webhooks::new(
+                settings,
+                crate::webhook::WebhookParts {
+                    sqs: sqs.clone(),
+                    s3: self.clients.s3.clone(),
+                    presigner: config.links.presigner(&self.clients.s3),
+                    bucket: config.store.bucket.clone(),
+                    layout: config.store.layout().unwrap_or_default(),
+                    // Receivers are checked like pages, whether or not the
+                    // browser's guard is on.
+                    egress: Egress::new(
+                        config.policy.policy().unwrap_or_default(),
+                        self.metrics.clone(),
+                    ),
+                    metrics: self.metrics.clone(),
+                },
+            )
+        });
+        let webhook_stop = CancellationToken::new();
+        let webhook_task = webhooks
+            .clone()
+            .map(|webhooks| tokio::spawn(webhooks.run(webhook_stop.clone())));
         let ctx = Arc::new(Ctx {
+            webhooks,
             s3: self.clients.s3.clone(),
             bucket: config.store.bucket.clone(),
             layout: config.store.layout().map_err(anyhow::Error::msg)?,
@@ -293,6 +319,12 @@ impl Worker {
             );
             job_cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
+        }
+        // Deliveries stop after the jobs, so the ends of jobs finished in
+        // the grace period are queued (they are delivered by any worker).
+        webhook_stop.cancel();
+        if let Some(task) = webhook_task {
+            let _ = task.await;
         }
         acker.close();
         drop(acker);

@@ -28,6 +28,14 @@ pub struct Metrics {
     /// result (`allowed`, `blocked` by the proxy, `blocked_in_browser` by
     /// the request check inside Chromium, `unreachable`).
     pub egress_requests: IntCounterVec,
+    /// Webhook attempts by outcome: `delivered`, `retried`, `refused` (by
+    /// the URL policy), `dead_lettered` (the last attempt failed),
+    /// `invalid` (not a delivery message).
+    pub webhook_deliveries: IntCounterVec,
+    /// Time of one webhook attempt, from the bucket reads to the answer.
+    pub webhook_seconds: Histogram,
+    /// Webhook deliveries that could not be queued when their job ended.
+    pub webhook_enqueue_failures: IntCounter,
 }
 
 impl Metrics {
@@ -101,6 +109,23 @@ impl Metrics {
                 "Requests through the egress guard, by scope and result.",
                 &["scope", "result"],
             )?,
+            webhook_deliveries: counter_vec(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts, by outcome.",
+                &["outcome"],
+            )?,
+            webhook_seconds: histogram(
+                "webhook_attempt_duration_seconds",
+                "Time of one webhook delivery attempt.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+            )?,
+            webhook_enqueue_failures: IntCounter::with_opts(
+                Opts::new(
+                    "webhook_enqueue_failures_total",
+                    "Webhook deliveries that could not be queued when their job ended.",
+                )
+                .namespace(ns),
+            )?,
         };
         registry.register(Box::new(metrics.jobs.clone()))?;
         registry.register(Box::new(metrics.egress_requests.clone()))?;
@@ -112,6 +137,9 @@ impl Metrics {
         registry.register(Box::new(metrics.browser_restarts.clone()))?;
         registry.register(Box::new(metrics.aws_requests.clone()))?;
         registry.register(Box::new(metrics.aws_request_seconds.clone()))?;
+        registry.register(Box::new(metrics.webhook_deliveries.clone()))?;
+        registry.register(Box::new(metrics.webhook_seconds.clone()))?;
+        registry.register(Box::new(metrics.webhook_enqueue_failures.clone()))?;
         Ok(metrics)
     }
 

@@ -71,6 +71,8 @@ pub struct Ctx {
     pub blockers: Arc<crate::blocking::Blockers>,
     /// Chromium's product string, read from the first page.
     pub browser: std::sync::OnceLock<String>,
+    /// Where the ends of jobs with a `webhook_url` are queued.
+    pub webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
@@ -177,8 +179,13 @@ async fn handle(
 ) -> Outcome {
     let parsed = JobMessage::parse(body.as_bytes());
     let job = parsed.as_ref().ok().map(|job| (job.id, job.url.clone()));
+    let webhook = parsed.as_ref().ok().and_then(|job| {
+        let url = job.webhook_url.clone()?;
+        Some((job.id, url, ctx.layout.image(job.id, job.options.format)))
+    });
+    let webhook_url = webhook.as_ref().map(|(_, url, _)| url.clone());
     let outcome = attempt(ctx, message_id, body, parsed, receive_count, sent_at).await;
-    match (outcome, job) {
+    let outcome = match (outcome, job) {
         (Outcome::Retry(failure, report), Some((id, url)))
             if ctx.attempts.is_last(receive_count) =>
         {
@@ -188,12 +195,58 @@ async fn handle(
                 attempts = receive_count,
                 "the job's last attempt failed; recording the failure"
             );
-            match store_failure(ctx, id, Some(url), failure, receive_count, report).await {
+            let record = Recorded {
+                url: Some(url),
+                webhook_url,
+            };
+            match store_failure(ctx, id, record, failure, receive_count, report).await {
                 Outcome::Done(_) if ctx.attempts.has_dead_letter_queue() => Outcome::DeadLetter,
                 other => other,
             }
         }
         (outcome, _) => outcome,
+    };
+    let (Some((id, url, image_key)), Some(webhooks)) = (webhook, &ctx.webhooks) else {
+        return outcome;
+    };
+    // The job has ended (its image or failure record is stored): queue the
+    // delivery before the job's message goes. A redelivery of an ended job
+    // queues it again; receivers see a delivery at least once.
+    if !matches!(outcome, Outcome::Done(_) | Outcome::DeadLetter) {
+        return outcome;
+    }
+    match webhooks.enqueue(id, &url, image_key).await {
+        Ok(()) => outcome,
+        Err(e) => {
+            ctx.metrics.webhook_enqueue_failures.inc();
+            match outcome {
+                // Try the job again: its result is found stored, and the
+                // delivery queued then.
+                Outcome::Done(_) => Outcome::Retry(
+                    JobFailure::transient(format!("queueing the webhook delivery: {e}")),
+                    None,
+                ),
+                other => {
+                    tracing::error!(error = %e, "queueing the last attempt's webhook delivery failed");
+                    other
+                }
+            }
+        }
+    }
+}
+
+/// What a failure record says about the job besides the failure.
+struct Recorded {
+    url: Option<String>,
+    webhook_url: Option<String>,
+}
+
+impl Recorded {
+    fn of(job: &JobMessage) -> Self {
+        Self {
+            url: Some(job.url.clone()),
+            webhook_url: job.webhook_url.clone(),
+        }
     }
 }
 
@@ -245,7 +298,10 @@ async fn attempt(
             return store_failure(
                 ctx,
                 id,
-                salvaged_url,
+                Recorded {
+                    url: salvaged_url,
+                    webhook_url: None,
+                },
                 JobFailure::contract(&e),
                 receive_count,
                 None,
@@ -265,7 +321,7 @@ async fn attempt(
         return store_failure(
             ctx,
             job.id,
-            Some(job.url.clone()),
+            Recorded::of(&job),
             JobFailure::scripts_off(),
             receive_count,
             Some(Box::new(report)),
@@ -284,7 +340,7 @@ async fn attempt(
         return store_failure(
             ctx,
             job.id,
-            Some(job.url.clone()),
+            Recorded::of(&job),
             JobFailure::policy(&e),
             receive_count,
             Some(Box::new(report)),
@@ -308,7 +364,7 @@ async fn attempt(
             return store_failure(
                 ctx,
                 job.id,
-                Some(job.url.clone()),
+                Recorded::of(&job),
                 failure,
                 receive_count,
                 Some(Box::new(report)),
@@ -585,6 +641,13 @@ async fn store_image(
     if rendered.blocked_requests > 0 {
         request = request.metadata("blocked-requests", rendered.blocked_requests.to_string());
     }
+    // The status API reads the delivery record only for jobs that have
+    // one. The contract keeps it ASCII (encoded) and short.
+    if let Some(webhook) = job.webhook_url.as_deref()
+        && let Ok(parsed) = url::Url::parse(webhook)
+    {
+        request = request.metadata(url2png_core::status::WEBHOOK_METADATA, parsed.as_str());
+    }
     // A large image may take longer to upload than a small call to answer.
     let timeouts =
         url2png_core::aws::upload_timeouts(ctx.s3.config().timeout_config(), rendered.bytes.len());
@@ -604,14 +667,14 @@ async fn store_image(
 async fn store_failure(
     ctx: &Ctx,
     id: Uuid,
-    url: Option<String>,
+    recorded: Recorded,
     failure: JobFailure,
     attempts: u32,
     report: Option<Box<RenderReport>>,
 ) -> Outcome {
     let record = FailureRecord {
         id,
-        url,
+        url: recorded.url,
         reason: failure.reason,
         message: failure.message.clone(),
         detail: failure.detail.clone(),
@@ -621,6 +684,7 @@ async fn store_failure(
         attempts,
         failed_at: OffsetDateTime::now_utc(),
         report,
+        webhook_url: recorded.webhook_url,
     };
     let started = std::time::Instant::now();
     let result = ctx

@@ -16,6 +16,7 @@ mod delivery;
 mod handoff;
 mod links;
 mod sync;
+mod webhooks;
 
 struct Running {
     addr: SocketAddr,

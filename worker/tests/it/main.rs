@@ -13,3 +13,4 @@ mod options;
 mod rendering;
 mod report;
 mod resilience;
+mod webhook;
