@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_QUEUE_URL", default_value = "")]
     pub queue_url: String,
 
+    /// The webhook deliveries queue, when webhooks are on: deliveries keep
+    /// the worker service from zero (wake it, and hold off the scale to
+    /// zero) and are published as `WebhookDeliveries`.
+    #[arg(long, env = "URL2PNG_WEBHOOK_QUEUE_URL", default_value = "")]
+    pub webhook_queue_url: String,
+
     /// The ECS cluster of the worker service (name or ARN).
     #[arg(long, env = "URL2PNG_ECS_CLUSTER", default_value = "")]
     pub cluster: String,
@@ -180,6 +186,8 @@ impl Config {
         };
         Ok(Settings {
             queue_url: self.queue_url.clone(),
+            webhook_queue_url: (!self.webhook_queue_url.is_empty())
+                .then(|| self.webhook_queue_url.clone()),
             cluster: self.cluster.clone(),
             service: self.service.clone(),
             namespace: self.namespace.clone(),

@@ -15,6 +15,10 @@ pub struct Reading {
     pub running: u32,
     /// The service's desired task count.
     pub desired: u32,
+    /// Webhook deliveries on their queue (waiting, in flight or in
+    /// backoff). Only workers deliver them, so they keep the service from
+    /// zero; they are not render work, so they are not in the backlog.
+    pub deliveries: u64,
 }
 
 impl Reading {
@@ -30,9 +34,10 @@ impl Reading {
         self.backlog(include_in_flight) as f64 / f64::from(self.running.max(1))
     }
 
-    /// No message anywhere: visible, in flight or delayed.
+    /// No message anywhere: visible, in flight or delayed, and no webhook
+    /// delivery.
     pub fn is_idle(&self) -> bool {
-        self.visible == 0 && self.in_flight == 0 && self.delayed == 0
+        self.visible == 0 && self.in_flight == 0 && self.delayed == 0 && self.deliveries == 0
     }
 }
 
@@ -85,7 +90,8 @@ pub fn wake(
         return None;
     }
     let pending = reading.visible + reading.in_flight + reading.delayed;
-    if pending <= activation_threshold {
+    // A delivery waits for a worker however few there are.
+    if pending <= activation_threshold && reading.deliveries == 0 {
         return None;
     }
     let tasks = max_capacity.map_or(wake_tasks, |max| wake_tasks.min(max));
@@ -276,6 +282,15 @@ mod tests {
         assert_eq!(wake(&zero(6, 0), 5, 2, None), Some(2));
         assert_eq!(wake(&zero(6, 0), 0, 3, Some(1)), Some(1), "clamped to max");
         assert_eq!(wake(&zero(6, 0), 0, 3, Some(0)), None, "max 0: parked");
+        let deliveries = Reading {
+            deliveries: 1,
+            ..Reading::default()
+        };
+        assert_eq!(
+            wake(&deliveries, 5, 2, None),
+            Some(2),
+            "a webhook delivery wakes under the threshold"
+        );
         assert_eq!(wake(&reading(6, 0, 1), 0, 2, None), None, "already running");
         let starting = Reading {
             visible: 6,
@@ -300,6 +315,15 @@ mod tests {
         assert!(!clock.observe(&idle, 0.0, 300.0));
         assert!(!clock.observe(&idle, 299.0, 300.0));
         assert!(!clock.observe(&busy, 300.0, 300.0), "work resets it");
+        let delivering = Reading {
+            deliveries: 1,
+            ..idle
+        };
+        assert!(
+            !clock.observe(&delivering, 1.0e6, 300.0),
+            "a delivery waits"
+        );
+        assert!(!clock.observe(&idle, 300.0, 300.0), "and resets it");
         assert!(!clock.observe(&idle, 360.0, 300.0));
         assert!(clock.observe(&idle, 660.0, 300.0));
         let at_zero = Reading {

@@ -20,6 +20,8 @@ use crate::policy::{IdleClock, Reading, wake};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub queue_url: String,
+    /// The webhook deliveries queue, if any.
+    pub webhook_queue_url: Option<String>,
     pub cluster: String,
     pub service: String,
     pub namespace: String,
@@ -268,12 +270,13 @@ impl Publisher {
         Ok(tick)
     }
 
-    async fn read(&self) -> anyhow::Result<Reading> {
+    /// Visible, not visible and delayed messages of `queue_url`.
+    async fn counts(&self, queue_url: &str) -> anyhow::Result<(u64, u64, u64)> {
         let attributes = self
             .clients
             .sqs
             .get_queue_attributes()
-            .queue_url(&self.settings.queue_url)
+            .queue_url(queue_url)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
@@ -281,7 +284,7 @@ impl Publisher {
             .await
             .map_err(|e| {
                 self.metrics.errors.with_label_values(&["queue"]).inc();
-                anyhow::anyhow!("reading the queue: {}", display(&e))
+                anyhow::anyhow!("reading the queue {queue_url}: {}", display(&e))
             })?;
         let attributes = attributes.attributes.unwrap_or_default();
         let count = |name: QueueAttributeName| -> anyhow::Result<u64> {
@@ -293,9 +296,22 @@ impl Publisher {
                     anyhow::anyhow!("the queue did not report {}", name.as_str())
                 })
         };
-        let visible = count(QueueAttributeName::ApproximateNumberOfMessages)?;
-        let in_flight = count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?;
-        let delayed = count(QueueAttributeName::ApproximateNumberOfMessagesDelayed)?;
+        Ok((
+            count(QueueAttributeName::ApproximateNumberOfMessages)?,
+            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?,
+            count(QueueAttributeName::ApproximateNumberOfMessagesDelayed)?,
+        ))
+    }
+
+    async fn read(&self) -> anyhow::Result<Reading> {
+        let (visible, in_flight, delayed) = self.counts(&self.settings.queue_url).await?;
+        let deliveries = match &self.settings.webhook_queue_url {
+            Some(url) => {
+                let (visible, in_flight, delayed) = self.counts(url).await?;
+                visible + in_flight + delayed
+            }
+            None => 0,
+        };
 
         let described = self
             .clients
@@ -333,6 +349,7 @@ impl Publisher {
             delayed,
             running: count(service.running_count()),
             desired: count(service.desired_count()),
+            deliveries,
         })
     }
 
@@ -349,7 +366,14 @@ impl Publisher {
             ("ApproximateNumberOfMessagesDelayed", reading.delayed as f64),
             ("RunningTaskCount", f64::from(reading.running)),
             ("DesiredTaskCount", f64::from(reading.desired)),
-        ];
+        ]
+        .into_iter()
+        .chain(
+            s.webhook_queue_url
+                .is_some()
+                .then_some(("WebhookDeliveries", reading.deliveries as f64)),
+        )
+        .collect::<Vec<_>>();
         let now = SystemTime::now();
         let resolution = if s.high_resolution { 1 } else { 60 };
         if s.emf {

@@ -380,6 +380,7 @@ pub fn simulate(s: &Scenario) -> Outcome {
                 delayed: 0,
                 running,
                 desired,
+                deliveries: 0,
             };
             if let Some(n) = wake(
                 &reading,

@@ -1197,7 +1197,14 @@ async fn the_openapi_document_matches_what_the_api_does() {
         .keys()
         .map(String::as_str)
         .chain(defaults.as_object().unwrap().keys().map(String::as_str))
-        .chain(["url", "quality", "clip", "cache_ttl", "force"])
+        .chain([
+            "url",
+            "quality",
+            "clip",
+            "cache_ttl",
+            "force",
+            "webhook_url",
+        ])
         .collect();
     taken.sort_unstable();
     taken.dedup();

@@ -429,3 +429,60 @@ async fn the_scaler_publishes_every_interval_and_stops_on_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn webhook_deliveries_wake_a_service_at_zero_keep_it_up_and_are_published() {
+    let fleet = Fleet::start().await;
+    fleet.service("delivering", 0).await;
+    let hooks = fleet
+        .clients
+        .sqs
+        .create_queue()
+        .queue_name(format!("{}-hooks", fleet.aws.bucket))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    // One delivery in backoff (received, hidden), no job at all.
+    fleet
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&hooks)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
+    fleet
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&hooks)
+        .visibility_timeout(600)
+        .send()
+        .await
+        .unwrap();
+    let mut settings = fleet.settings(
+        "delivering",
+        &["--webhook-queue-url", &hooks, "--activation-threshold", "5"],
+    );
+    settings.scale_to_zero_after = Some(Duration::from_millis(1));
+    let (mut publisher, _) = fleet.publisher(settings);
+    let tick = publisher.tick().await.unwrap();
+    assert_eq!(tick.reading.deliveries, 1);
+    assert_eq!(tick.backlog_per_task, 0.0, "deliveries are not render work");
+    assert_eq!(tick.woke, Some(1), "under the threshold, a delivery wakes");
+    assert_eq!(fleet.desired("delivering").await, 1);
+    for _ in 0..3 {
+        assert!(!publisher.tick().await.unwrap().scaled_to_zero);
+    }
+    assert_eq!(fleet.desired("delivering").await, 1);
+    assert_eq!(
+        fleet
+            .datapoints("url2png", "delivering", "WebhookDeliveries")
+            .await
+            .first(),
+        Some(&1.0)
+    );
+}
