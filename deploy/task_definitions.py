@@ -43,6 +43,7 @@ TASKS = {
 # What the stack creates, as placeholders.
 PLACEHOLDERS = {
     "JobQueue": "${JobQueueUrl}",
+    "WebhookQueue": "${WebhookQueueUrl}",
     "ImageBucket": "${BucketName}",
     "Cluster": "${ClusterName}",
     "LogGroup": "${LogGroupName}",
@@ -52,14 +53,40 @@ PLACEHOLDERS = {
     "WorkerRole.Arn": "${WorkerTaskRoleArn}",
     "ScalerRole.Arn": "${ScalerTaskRoleArn}",
 }
+# Values for string parameters whose default leaves a feature off, so the
+# bounds check also runs the task with it on.
+SAMPLES = {"WebhookSecret": "sample-webhook-secret"}
 # Keys whose own keys are data, not API fields.
 DATA_KEYS = {"options"}
 
 
-def resolve(value, params, overrides=None):
+def condition(value, params, overrides, conditions):
+    """Evaluate a template condition (Fn::Not, Fn::Equals, Fn::And,
+    Fn::Or, Condition) on the parameters."""
+    (fn, arg), = value.items()
+    if fn == "Condition":
+        return condition(conditions[arg], params, overrides, conditions)
+    if fn == "Fn::Not":
+        return not condition(arg[0], params, overrides, conditions)
+    if fn == "Fn::And":
+        return all(condition(a, params, overrides, conditions) for a in arg)
+    if fn == "Fn::Or":
+        return any(condition(a, params, overrides, conditions) for a in arg)
+    if fn == "Fn::Equals":
+        a, b = (resolve(x, params, overrides, conditions) for x in arg)
+        return str(a) == str(b)
+    raise SystemExit(f"{fn} is not supported in conditions")
+
+
+def resolve(value, params, overrides=None, conditions=None):
     overrides = overrides or {}
+    conditions = conditions or {}
     if isinstance(value, dict) and len(value) == 1:
         (fn, arg), = value.items()
+        if fn == "Fn::If":
+            name, then, otherwise = arg
+            chosen = then if condition({"Condition": name}, params, overrides, conditions) else otherwise
+            return resolve(chosen, params, overrides, conditions)
         if fn == "Ref":
             if arg in overrides:
                 return str(overrides[arg])
@@ -74,9 +101,9 @@ def resolve(value, params, overrides=None):
         if fn.startswith("Fn::"):
             raise SystemExit(f"{fn} is not supported in task definitions")
     if isinstance(value, dict):
-        return {k: resolve(v, params, overrides) for k, v in value.items()}
+        return {k: resolve(v, params, overrides, conditions) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v, params, overrides) for v in value]
+        return [resolve(v, params, overrides, conditions) for v in value]
     return value
 
 
@@ -106,6 +133,8 @@ def bound_cases(params, names):
                 yield f"{name}={spec[key]} ({key})", {name: spec[key]}
         for allowed in spec.get("AllowedValues", []):
             yield f"{name}={allowed}", {name: allowed}
+        if name in SAMPLES:
+            yield f"{name} set", {name: SAMPLES[name]}
     lows = {n: params[n]["MinValue"] for n in numbers}
     highs = {n: params[n]["MaxValue"] for n in numbers}
     yield "every number at its minimum", lows
@@ -133,7 +162,8 @@ def check_bounds(bin_dir):
         problems += [f"{name}: parameter {n} has no MinValue and MaxValue" for n in unbounded]
         binary = pathlib.Path(bin_dir) / f"url2png-{name}"
         for case, overrides in bound_cases(params, used):
-            task = json.loads(fill(json.dumps(as_api(resolve(properties, params, overrides)))))
+            resolved = resolve(properties, params, overrides, template.get("Conditions", {}))
+            task = json.loads(fill(json.dumps(as_api(resolved))))
             for container in task["containerDefinitions"]:
                 env = {p["name"]: p["value"] for p in container.get("environment", [])}
                 # What ECS and the image provide besides the task's own.
@@ -179,13 +209,15 @@ def generate():
     out = {}
     for logical, name in TASKS.items():
         properties = template["Resources"][logical]["Properties"]
-        out[name] = json.dumps(as_api(resolve(properties, params)), indent=2) + "\n"
+        resolved = resolve(properties, params, conditions=template.get("Conditions", {}))
+        out[name] = json.dumps(as_api(resolved), indent=2) + "\n"
     return out
 
 
 def fill(text, account="123456789012", region="us-east-1"):
     values = {
         "JobQueueUrl": f"https://sqs.{region}.amazonaws.com/{account}/url2png-jobs",
+        "WebhookQueueUrl": f"https://sqs.{region}.amazonaws.com/{account}/url2png-webhooks",
         "BucketName": "url2png-images",
         "ClusterName": "url2png",
         "LogGroupName": "url2png",
@@ -261,6 +293,8 @@ def create_stack(endpoint):
             {"ParameterKey": "WorkerImage", "ParameterValue": image.format("worker")},
             {"ParameterKey": "ScalerImage", "ParameterValue": image.format("scaler")},
             {"ParameterKey": "MaxReceiveCount", "ParameterValue": "4"},
+            {"ParameterKey": "WebhookSecret", "ParameterValue": "stack-webhook-secret"},
+            {"ParameterKey": "WebhookMaxAttempts", "ParameterValue": "7"},
         ],
     )
     stack = cfn.describe_stacks(StackName="url2png")["Stacks"][0]
@@ -270,13 +304,22 @@ def create_stack(endpoint):
         reasons = [e.get("ResourceStatusReason") for e in events if e.get("ResourceStatusReason")]
         raise SystemExit(f"stack {status}: {reasons}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    for key in ("ServiceUrl", "QueueUrl", "DeadLetterQueueUrl", "BucketName", "ClusterName"):
+    for key in ("ServiceUrl", "QueueUrl", "DeadLetterQueueUrl", "WebhookQueueUrl",
+                "WebhookDeadLetterQueueUrl", "BucketName", "ClusterName"):
         assert outputs.get(key), f"output {key} missing: {outputs}"
     attributes = sqs.get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["All"])["Attributes"]
     redrive = json.loads(attributes["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == 4, redrive
     assert attributes["MaximumMessageSize"] == "1048576", attributes
     assert attributes["VisibilityTimeout"] == "60", attributes
+    hooks = sqs.get_queue_attributes(
+        QueueUrl=outputs["WebhookQueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    hooks_redrive = json.loads(hooks["RedrivePolicy"])
+    assert int(hooks_redrive["maxReceiveCount"]) == 7, hooks_redrive
+    assert hooks_redrive["deadLetterTargetArn"].endswith(
+        outputs["WebhookDeadLetterQueueUrl"].rsplit("/", 1)[-1]
+    ), hooks_redrive
     s3.head_bucket(Bucket=outputs["BucketName"])
     services = ecs.list_services(cluster=outputs["ClusterName"])["serviceArns"]
     names = sorted(arn.rsplit("/", 1)[-1] for arn in services)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Create the fleet's queue, dead-letter queue, bucket and (for the scaler)
+"""Create the fleet's queue, dead-letter queue, webhook deliveries queue
+(with its own dead-letter queue), bucket and (for the scaler)
 an ECS cluster with a worker service in an AWS endpoint.
 
 Used by script/server against a local moto_server, and by the compose
@@ -11,6 +12,8 @@ Settings (environment):
   URL2PNG_DLQ_NAME              dead-letter queue name (default <queue>-dlq)
   URL2PNG_MAX_RECEIVE_COUNT     receives before a message is dead-lettered (default 5)
   URL2PNG_VISIBILITY_TIMEOUT    main queue visibility timeout, seconds (default 60)
+  URL2PNG_WEBHOOK_QUEUE_NAME    webhook deliveries queue (default url2png-webhooks)
+  URL2PNG_WEBHOOK_MAX_RECEIVE_COUNT  attempts before a delivery is dead-lettered (default 20)
   URL2PNG_BUCKET                bucket name (default url2png-images)
   URL2PNG_ECS_CLUSTER           ECS cluster name (default url2png)
   URL2PNG_ECS_SERVICE           worker service name (default url2png-worker)
@@ -18,7 +21,8 @@ Settings (environment):
 The ECS service stands for the worker service the scaler sizes; in an
 emulator it runs nothing (the worker runs as a process beside it).
 
-Prints the queue URL, DLQ URL, bucket, cluster and service as KEY=VALUE lines.
+Prints the queue URL, DLQ URL, webhook queue URL, bucket, cluster and service
+as KEY=VALUE lines.
 """
 import json
 import os
@@ -42,19 +46,26 @@ def main() -> int:
     sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region)
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
 
-    dlq_url = sqs.create_queue(QueueName=dlq)["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    queue_url = sqs.create_queue(
-        QueueName=queue,
-        Attributes={
-            "VisibilityTimeout": visibility,
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive}
-            ),
-        },
-    )["QueueUrl"]
+    def with_dlq(name, dead_name, attributes, receives):
+        """Create `dead_name`, then `name` redriving to it; their URLs."""
+        dead_url = sqs.create_queue(QueueName=dead_name)["QueueUrl"]
+        dead_arn = sqs.get_queue_attributes(QueueUrl=dead_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        redrive = json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": receives})
+        url = sqs.create_queue(
+            QueueName=name, Attributes={**attributes, "RedrivePolicy": redrive}
+        )["QueueUrl"]
+        return url, dead_url
+
+    queue_url, dlq_url = with_dlq(queue, dlq, {"VisibilityTimeout": visibility}, max_receive)
+    webhooks = os.environ.get("URL2PNG_WEBHOOK_QUEUE_NAME", "url2png-webhooks")
+    webhook_queue_url, _ = with_dlq(
+        webhooks,
+        f"{webhooks}-dlq",
+        {"MessageRetentionPeriod": "1209600"},
+        os.environ.get("URL2PNG_WEBHOOK_MAX_RECEIVE_COUNT", "20"),
+    )
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
@@ -76,6 +87,7 @@ def main() -> int:
 
     print(f"URL2PNG_QUEUE_URL={queue_url}")
     print(f"URL2PNG_DLQ_URL={dlq_url}")
+    print(f"URL2PNG_WEBHOOK_QUEUE_URL={webhook_queue_url}")
     print(f"URL2PNG_BUCKET={bucket}")
     print(f"URL2PNG_ECS_CLUSTER={cluster}")
     print(f"URL2PNG_ECS_SERVICE={service}")
