@@ -32,6 +32,11 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub ids: IdArgs,
 
+    /// POST the job's status here, signed, when it ends (the workers need
+    /// URL2PNG_WEBHOOK_QUEUE_URL).
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+
     #[arg(long, default_value_t = 1280)]
     pub width: u32,
 
@@ -357,6 +362,7 @@ impl SubmitArgs {
             Some(json) => overlay(options, json)?,
         };
         let mut job = JobMessage::new(self.url.clone(), options);
+        job.webhook_url = self.webhook_url.clone();
         job.validate().map_err(|e| e.to_string())?;
         job.id = url2png_core::id::mint(
             self.ids.id_secret.as_bytes(),
@@ -367,6 +373,11 @@ impl SubmitArgs {
         policy
             .check_url(&job.url)
             .map_err(|e| format!("url: {e}"))?;
+        if let Some(webhook) = &job.webhook_url {
+            policy
+                .check_url(webhook)
+                .map_err(|e| format!("webhook_url: {e}"))?;
+        }
         Ok(job)
     }
 }
@@ -583,6 +594,20 @@ mod tests {
         SubmitArgs::try_parse_from(args)
             .map_err(|e| e.to_string())?
             .job()
+    }
+
+    #[test]
+    fn a_webhook_flag_is_checked_by_the_contract_and_the_policy() {
+        let hooked = job(&["--webhook-url", "https://example.com/hook"]).unwrap();
+        assert_eq!(
+            hooked.webhook_url.as_deref(),
+            Some("https://example.com/hook")
+        );
+        assert_eq!(job(&[]).unwrap().webhook_url, None);
+        let e = job(&["--webhook-url", "http://169.254.169.254/"]).unwrap_err();
+        assert!(e.starts_with("webhook_url:"), "{e}");
+        let e = job(&["--webhook-url", "ftp://example.com/"]).unwrap_err();
+        assert!(e.contains("webhook_url"), "{e}");
     }
 
     #[test]
