@@ -260,22 +260,8 @@ async fn a_batch_answers_each_job_from_the_cache_or_the_queue() {
 #[tokio::test]
 async fn an_entry_whose_job_was_not_queued_is_removed() {
     let aws = TestAws::start().await;
-    let missing = format!("{}/123456789012/missing", aws.moto.endpoint());
-    let args = [
-        "url2png-producer",
-        "--queue-url",
-        &missing,
-        "--bucket",
-        &aws.bucket,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
-        .await
-        .unwrap();
-    let addr = producer.local_addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
+    let producer = start_on_missing_queue(&aws, &[]).await;
+    let addr = producer.addr;
     let body = json!({"url": "https://example.com/", "cache_ttl": 600});
     let (reply, refused) = post(addr, "/v1/screenshots", &[], &body).await;
     assert_eq!(reply.status, 503, "{refused}");
@@ -287,7 +273,6 @@ async fn an_entry_whose_job_was_not_queued_is_removed() {
         .filter(|k| k.starts_with("cache/"))
         .collect();
     assert!(entries.is_empty(), "{entries:?}");
-    shutdown.cancel();
 }
 
 fn idempotency_records(keys: &[String]) -> usize {
@@ -413,22 +398,8 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_job() {
 #[tokio::test]
 async fn an_idempotency_key_whose_request_failed_on_the_server_can_be_retried() {
     let aws = TestAws::start().await;
-    let missing = format!("{}/123456789012/missing", aws.moto.endpoint());
-    let args = [
-        "url2png-producer",
-        "--queue-url",
-        &missing,
-        "--bucket",
-        &aws.bucket,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
-        .await
-        .unwrap();
-    let addr = producer.local_addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
+    let producer = start_on_missing_queue(&aws, &[]).await;
+    let addr = producer.addr;
     let body = json!({"url": "https://example.com/"});
     for _ in 0..2 {
         let (reply, refused) =
@@ -442,5 +413,4 @@ async fn an_idempotency_key_whose_request_failed_on_the_server_can_be_retried() 
         );
     }
     assert_eq!(idempotency_records(&aws.keys().await), 0);
-    shutdown.cancel();
 }

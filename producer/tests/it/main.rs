@@ -37,10 +37,25 @@ async fn start(aws: &TestAws, extra: &[&str]) -> Running {
 /// A producer on the emulator's queue and bucket that calls AWS with
 /// `clients`.
 async fn start_with(aws: &TestAws, clients: url2png_core::aws::Clients, extra: &[&str]) -> Running {
+    launch(aws, clients, &aws.queue.url, extra).await
+}
+
+/// A producer whose queue does not exist: every send is refused.
+async fn start_on_missing_queue(aws: &TestAws, extra: &[&str]) -> Running {
+    let missing = format!("{}/123456789012/missing", aws.moto.endpoint());
+    launch(aws, aws.clients.clone(), &missing, extra).await
+}
+
+async fn launch(
+    aws: &TestAws,
+    clients: url2png_core::aws::Clients,
+    queue_url: &str,
+    extra: &[&str],
+) -> Running {
     let mut args = vec![
         "url2png-producer",
         "--queue-url",
-        &aws.queue.url,
+        queue_url,
         "--bucket",
         &aws.bucket,
         "--listen",
@@ -61,7 +76,6 @@ async fn start_with(aws: &TestAws, clients: url2png_core::aws::Clients, extra: &
     }
 }
 
-/// A minimal HTTP/1.1 exchange: (status, headers lower-cased, body).
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -627,23 +641,8 @@ async fn concurrent_requests_share_batch_sends() {
 #[tokio::test]
 async fn an_unreachable_queue_gives_503_with_retry_after() {
     let aws = TestAws::start().await;
-    let mut args = vec![
-        "url2png-producer".to_owned(),
-        "--queue-url".into(),
-        format!("{}/123456789012/missing", aws.moto.endpoint()),
-        "--bucket".into(),
-        aws.bucket.clone(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    args.push("--retry-after-seconds".into());
-    args.push("7".into());
-    let producer = Producer::start(Config::try_parse_from(args).unwrap(), aws.clients.clone())
-        .await
-        .unwrap();
-    let addr = producer.local_addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(producer.run(shutdown.clone(), Duration::from_secs(5)));
+    let producer = start_on_missing_queue(&aws, &["--retry-after-seconds", "7"]).await;
+    let addr = producer.addr;
     let (status, headers, body) = tokio::time::timeout(
         Duration::from_secs(60),
         post_json(
@@ -661,7 +660,6 @@ async fn an_unreachable_queue_gives_503_with_retry_after() {
     assert_eq!(status, 503);
     let (status, _, _) = http(addr, "GET", "/healthz", None, b"").await;
     assert_eq!(status, 200);
-    shutdown.cancel();
 }
 
 /// A worker on the same emulator that may render loopback fixture pages.
