@@ -269,7 +269,7 @@ async fn a_browser_that_dies_on_the_last_attempt_records_browser_crashed() {
 
 /// An HTTPS site on 127.0.0.1 with a self-signed certificate, answering
 /// every request with a small page; its port.
-async fn self_signed_site() -> u16 {
+pub(crate) async fn self_signed_site() -> u16 {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let certified =

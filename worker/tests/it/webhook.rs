@@ -322,3 +322,25 @@ fn readme_verifier() -> String {
     let end = start + section[start..].find("```").unwrap();
     section[start..end].to_owned()
 }
+
+#[tokio::test]
+async fn an_https_receiver_must_have_a_certificate_the_system_trusts() {
+    let aws = TestAws::start().await;
+    let hooks = deliveries_queue(&aws, 6).await;
+    let port = crate::endings::self_signed_site().await;
+    let mut flags = webhook_flags(&hooks);
+    // Accepting bad certificates is for the pages a job renders, not for
+    // the receivers its results go to.
+    flags.extend(["--accept-invalid-certs".to_owned(), "true".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&aws, &flags).await;
+    let mut job = JobMessage::new("http://10.9.9.9/", RenderOptions::default());
+    job.webhook_url = Some(format!("https://127.0.0.1:{port}/hook"));
+    send_jobs(&aws, std::slice::from_ref(&job)).await;
+    let record = record_in(&aws, job.id, DeliveryState::Retrying).await;
+    let error = record.last_error.unwrap_or_default();
+    assert!(error.starts_with("TLS:"), "{error}");
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(record.last_status, None);
+    worker.stop().await;
+}
