@@ -67,6 +67,30 @@ pub struct Config {
     #[arg(long, env = "URL2PNG_WEBHOOK_MAX_ATTEMPTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub webhook_max_attempts: u32,
 
+    /// The ECS agent's endpoint, which ECS sets in every task's
+    /// containers; empty outside ECS (no scale-in protection).
+    #[arg(long, env = "ECS_AGENT_URI", default_value = "")]
+    pub ecs_agent_uri: String,
+
+    /// Protect the task from ECS scale-in while it holds messages (with
+    /// ECS_AGENT_URI set). The task role needs `ecs:UpdateTaskProtection`.
+    #[arg(long, env = "URL2PNG_SCALE_IN_PROTECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scale_in_protection: bool,
+
+    /// Expiry of each protection, in minutes (1..=2880); it is renewed at
+    /// half of it while messages are held, so a hung worker loses it.
+    #[arg(long, env = "URL2PNG_SCALE_IN_PROTECTION_MINUTES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=2880))]
+    pub scale_in_protection_minutes: u32,
+
+    /// Time without a held message before the protection is cleared, in
+    /// seconds; shorter than the expiry.
+    #[arg(
+        long,
+        env = "URL2PNG_SCALE_IN_PROTECTION_IDLE_SECONDS",
+        default_value_t = 10
+    )]
+    pub scale_in_protection_idle_seconds: u64,
+
     /// Jobs rendered at once; at most browsers × pages per browser
     /// (the default).
     #[arg(long, env = "URL2PNG_CONCURRENCY")]
@@ -314,6 +338,26 @@ impl Config {
             return err("URL2PNG_RETRY_MAX_SECONDS is over 43200, SQS's limit".into());
         }
         self.links.check()?;
+        if self.scale_in_protection && !self.ecs_agent_uri.is_empty() {
+            match url::Url::parse(&self.ecs_agent_uri) {
+                Ok(uri) if uri.scheme() == "http" && uri.host_str().is_some() => {}
+                _ => {
+                    return err(format!(
+                        "ECS_AGENT_URI={:?} is not an http URL with a host",
+                        self.ecs_agent_uri
+                    ));
+                }
+            }
+            if self.scale_in_protection_idle_seconds
+                >= u64::from(self.scale_in_protection_minutes) * 60
+            {
+                return err(
+                    "URL2PNG_SCALE_IN_PROTECTION_IDLE_SECONDS must be shorter than \
+                     URL2PNG_SCALE_IN_PROTECTION_MINUTES"
+                        .into(),
+                );
+            }
+        }
         if !self.webhook_queue_url.is_empty() {
             if self.webhook_secret.len() < 16 {
                 return err(
@@ -362,6 +406,22 @@ impl Config {
 
     pub fn visibility(&self) -> Duration {
         Duration::from_secs(self.visibility_timeout_seconds)
+    }
+
+    /// The scale-in protection settings, when it is on and the task runs
+    /// on ECS.
+    pub fn protection(&self) -> Option<crate::protection::ProtectionSettings> {
+        if !self.scale_in_protection {
+            return None;
+        }
+        let agent_uri = url::Url::parse(&self.ecs_agent_uri).ok()?;
+        Some(crate::protection::ProtectionSettings {
+            agent_uri,
+            expires_minutes: self.scale_in_protection_minutes,
+            renew: Duration::from_secs(u64::from(self.scale_in_protection_minutes) * 30),
+            idle: Duration::from_secs(self.scale_in_protection_idle_seconds),
+            retry: Duration::from_secs(5),
+        })
     }
 
     /// The webhook settings, when a deliveries queue is set.
@@ -446,6 +506,18 @@ mod tests {
             ),
             (&["--recycle-after", "0"][..], "URL2PNG_RECYCLE_AFTER"),
             (&["--key-prefix", "/abs/"][..], "prefix"),
+            (&["--ecs-agent-uri", "ftp://agent"][..], "ECS_AGENT_URI"),
+            (
+                &[
+                    "--ecs-agent-uri",
+                    "http://169.254.170.2/api/t",
+                    "--scale-in-protection-minutes",
+                    "1",
+                    "--scale-in-protection-idle-seconds",
+                    "60",
+                ][..],
+                "URL2PNG_SCALE_IN_PROTECTION_IDLE_SECONDS",
+            ),
             (
                 &["--retry-base-seconds", "600"][..],
                 "URL2PNG_RETRY_BASE_SECONDS",

@@ -8,6 +8,7 @@
 //! - [`pool`] and [`render`]: the Chromium pool and what is done on a page;
 //! - [`heartbeat`] and [`ack`]: visibility extensions, deletes and releases;
 //! - [`webhook`]: signed webhook deliveries from their own queue;
+//! - [`protection`]: ECS task scale-in protection while messages are held;
 //! - [`backoff`]: retry delays; [`config`]: settings; [`metrics`].
 //!
 //! [`Worker::start`] takes its configuration and AWS clients as values, so
@@ -26,6 +27,7 @@ pub mod in_page;
 pub mod metrics;
 pub mod pool;
 pub mod process;
+pub mod protection;
 pub mod receive;
 pub mod render;
 pub mod rules;
@@ -216,7 +218,17 @@ impl Worker {
         let webhook_task = webhooks
             .clone()
             .map(|webhooks| tokio::spawn(webhooks.run(webhook_stop.clone())));
+        let busy = crate::protection::Busy::default();
+        let protection_stop = CancellationToken::new();
+        let protection_task = config.protection().map(|settings| {
+            tracing::info!(agent = %settings.agent_uri, "ECS task scale-in protection on");
+            tokio::spawn(
+                crate::protection::Protection::new(settings, busy.clone(), self.metrics.clone())
+                    .run(protection_stop.clone()),
+            )
+        });
         let ctx = Arc::new(Ctx {
+            busy,
             webhooks,
             s3: self.clients.s3.clone(),
             bucket: config.store.bucket.clone(),
@@ -319,6 +331,12 @@ impl Worker {
             );
             job_cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), jobs.wait()).await;
+        }
+        // Every message is deleted or handed back: the task may be
+        // scaled in.
+        protection_stop.cancel();
+        if let Some(task) = protection_task {
+            let _ = task.await;
         }
         // Deliveries stop after the jobs, so the ends of jobs finished in
         // the grace period are queued (they are delivered by any worker).

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub webhook_seconds: Histogram,
     /// Webhook deliveries that could not be queued when their job ended.
     pub webhook_enqueue_failures: IntCounter,
+    /// 1 while the ECS agent was last told to protect this task from
+    /// scale-in, else 0.
+    pub scale_in_protected: IntGauge,
+    /// Calls to the ECS agent's task protection endpoint by outcome:
+    /// `set`, `cleared`, `failed`.
+    pub scale_in_protection_calls: IntCounterVec,
 }
 
 impl Metrics {
@@ -126,6 +132,21 @@ impl Metrics {
                 )
                 .namespace(ns),
             )?,
+            scale_in_protected: IntGauge::with_opts(
+                Opts::new(
+                    "scale_in_protected",
+                    "1 while this task is protected from ECS scale-in (jobs in flight).",
+                )
+                .namespace(ns),
+            )?,
+            scale_in_protection_calls: IntCounterVec::new(
+                Opts::new(
+                    "scale_in_protection_calls_total",
+                    "Calls to the ECS agent's task protection endpoint, by outcome.",
+                )
+                .namespace(ns),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(metrics.jobs.clone()))?;
         registry.register(Box::new(metrics.egress_requests.clone()))?;
@@ -140,6 +161,8 @@ impl Metrics {
         registry.register(Box::new(metrics.webhook_deliveries.clone()))?;
         registry.register(Box::new(metrics.webhook_seconds.clone()))?;
         registry.register(Box::new(metrics.webhook_enqueue_failures.clone()))?;
+        registry.register(Box::new(metrics.scale_in_protected.clone()))?;
+        registry.register(Box::new(metrics.scale_in_protection_calls.clone()))?;
         Ok(metrics)
     }
 

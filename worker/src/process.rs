@@ -73,6 +73,8 @@ pub struct Ctx {
     pub browser: std::sync::OnceLock<String>,
     /// Where the ends of jobs with a `webhook_url` are queued.
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// Messages held, for ECS scale-in protection.
+    pub busy: crate::protection::Busy,
 }
 
 /// A job id in [`Ctx::rendering`], removed on drop.
@@ -132,6 +134,7 @@ pub async fn process(
         .track(message_id, receipt, received, ctx.visibility)
         .await;
     ctx.metrics.in_flight.inc();
+    let held = ctx.busy.hold();
     let body = message.body().unwrap_or_default();
     let span = tracing::info_span!(
         "job",
@@ -168,6 +171,7 @@ pub async fn process(
         }
     }
     ctx.metrics.in_flight.dec();
+    drop(held);
 }
 
 async fn handle(

@@ -10,6 +10,7 @@ mod hostile_pages;
 mod isolation;
 mod lifecycle;
 mod options;
+mod protection;
 mod rendering;
 mod report;
 mod resilience;
