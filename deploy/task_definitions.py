@@ -12,6 +12,13 @@ the local emulator.
                                   create the stack in CloudFormation at
                                   ENDPOINT (a VPC and subnets made there)
                                   and check what it made
+  task_definitions.py --containers
+                                  run each task definition's container
+                                  (the images compose builds) with exactly
+                                  its environment, its memory limit, init
+                                  and health check, against the emulator
+                                  in a container beside it, and wait for
+                                  it to be healthy
   task_definitions.py --bounds BIN_DIR
                                   run each binary's --check-config on
                                   every task definition the template makes
@@ -214,10 +221,11 @@ def generate():
     return out
 
 
-def fill(text, account="123456789012", region="us-east-1"):
+def fill(text, account="123456789012", region="us-east-1", sqs=None):
+    sqs = sqs or f"https://sqs.{region}.amazonaws.com"
     values = {
-        "JobQueueUrl": f"https://sqs.{region}.amazonaws.com/{account}/url2png-jobs",
-        "WebhookQueueUrl": f"https://sqs.{region}.amazonaws.com/{account}/url2png-webhooks",
+        "JobQueueUrl": f"{sqs}/{account}/url2png-jobs",
+        "WebhookQueueUrl": f"{sqs}/{account}/url2png-webhooks",
         "BucketName": "url2png-images",
         "ClusterName": "url2png",
         "LogGroupName": "url2png",
@@ -264,8 +272,125 @@ def main(argv):
         return create_stack(argv[2])
     if mode == "--bounds":
         return check_bounds(argv[2])
+    if mode == "--containers":
+        return run_containers()
     print(__doc__, file=sys.stderr)
     return 2
+
+
+CONTAINER_LABEL = "url2png.test=ecs"
+CONTAINER_NETWORK = "url2png-ecs-test"
+LOCAL_IMAGES = {"${ProducerImage}": "localhost/url2png-producer",
+                "${WorkerImage}": "localhost/url2png-worker",
+                "${ScalerImage}": "localhost/url2png-scaler"}
+
+
+def podman(*args, check=True):
+    return subprocess.run(["podman", *args], check=check, capture_output=True, text=True)
+
+
+def run_containers():
+    """Each task definition's container, as ECS would start it."""
+    import time
+    import urllib.request
+
+    import boto3
+
+    compose = (HERE.parent / "compose.yaml").read_text()
+    moto_version = compose.split("${MOTO_VERSION:-", 1)[1].split("}", 1)[0]
+    podman("rm", "-f", "-a", "--filter", f"label={CONTAINER_LABEL}", check=False)
+    podman("network", "rm", "-f", CONTAINER_NETWORK, check=False)
+    podman("network", "create", CONTAINER_NETWORK)
+    failed = []
+    try:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        podman("run", "-d", "--name", "url2png-ecs-moto", "--label", CONTAINER_LABEL,
+               "--network", CONTAINER_NETWORK, "--network-alias", "moto",
+               "-p", f"127.0.0.1:{port}:5000", f"docker.io/motoserver/moto:{moto_version}")
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        session = boto3.Session(region_name="us-east-1", aws_access_key_id="testing",
+                                aws_secret_access_key="testing")
+        sqs = session.client("sqs", endpoint_url=endpoint)
+        for name in ("url2png-jobs", "url2png-webhooks"):
+            sqs.create_queue(QueueName=name)
+        session.client("s3", endpoint_url=endpoint).create_bucket(Bucket="url2png-images")
+        ecs = session.client("ecs", endpoint_url=endpoint)
+        ecs.create_cluster(clusterName="url2png")
+        ecs.create_service(cluster="url2png", serviceName="url2png-worker", desiredCount=0)
+
+        for name in TASKS.values():
+            task = json.loads(fill((OUT / f"{name}.json").read_text(), sqs="http://moto:5000"))
+            for container in task["containerDefinitions"]:
+                problem = run_task_container(name, task, container)
+                print(f"task {name}, container {container['name']}: {problem or 'healthy'}",
+                      file=sys.stderr)
+                if problem:
+                    failed.append(name)
+    finally:
+        podman("rm", "-f", "-a", "--filter", f"label={CONTAINER_LABEL}", check=False)
+        podman("network", "rm", "-f", CONTAINER_NETWORK, check=False)
+    return 1 if failed else 0
+
+
+def run_task_container(name, task, container):
+    """Start one container of a task definition and wait for its health
+    check; the reason it failed, or None."""
+    import time
+
+    image = container["image"]
+    for placeholder, local in LOCAL_IMAGES.items():
+        image = image.replace(fill(placeholder), local)
+    args = ["run", "-d", "--name", f"url2png-ecs-{name}", "--label", CONTAINER_LABEL,
+            "--network", CONTAINER_NETWORK]
+    # What ECS gives the task: its environment, and the emulator's address
+    # and credentials in place of the task role.
+    for variable in container.get("environment", []):
+        args += ["-e", f"{variable['name']}={variable['value']}"]
+    args += ["-e", "AWS_ENDPOINT_URL=http://moto:5000", "-e", "AWS_REGION=us-east-1",
+             "-e", "AWS_ACCESS_KEY_ID=testing", "-e", "AWS_SECRET_ACCESS_KEY=testing"]
+    if container.get("linuxParameters", {}).get("initProcessEnabled"):
+        args.append("--init")
+    memory = container.get("memory") or task.get("memory")
+    if memory:
+        args += ["--memory", f"{memory}m"]
+    if container.get("stopTimeout"):
+        args += ["--stop-timeout", str(container["stopTimeout"])]
+    check = container.get("healthCheck")
+    if not check:
+        return "no healthCheck in the task definition"
+    args += ["--health-cmd", json.dumps(check["command"]),
+             "--health-interval", f"{check.get('interval', 30)}s",
+             "--health-timeout", f"{check.get('timeout', 5)}s",
+             "--health-retries", str(check.get("retries", 3)),
+             "--health-start-period", f"{check.get('startPeriod', 0)}s"]
+    started = podman(*args, image, check=False)
+    if started.returncode:
+        return f"podman run failed: {started.stderr.strip()}"
+    cid = f"url2png-ecs-{name}"
+    # ECS marks the task unhealthy after startPeriod plus retries failed
+    # checks; no systemd here to run them on a timer, so run them.
+    deadline = time.monotonic() + check.get("startPeriod", 0) + check.get("interval", 30) * check.get("retries", 3)
+    while time.monotonic() < deadline:
+        if podman("healthcheck", "run", cid, check=False).returncode == 0:
+            return None
+        state = podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", cid).stdout.split()
+        if state and state[0] != "running":
+            logs = podman("logs", "--tail", "20", cid, check=False)
+            return f"exited {state[1:]}: {(logs.stdout + logs.stderr).strip()}"
+        time.sleep(1)
+    logs = podman("logs", "--tail", "20", cid, check=False)
+    return f"not healthy in time: {(logs.stdout + logs.stderr).strip()}"
 
 
 def create_stack(endpoint):

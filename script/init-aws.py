@@ -4,7 +4,7 @@
 an ECS cluster with a worker service in an AWS endpoint.
 
 Used by script/server against a local moto_server, and by the compose
-file's one-shot init container. Idempotent: existing resources are kept.
+file's emulator at its start. Idempotent: existing resources are kept.
 
 Settings (environment):
   AWS_ENDPOINT_URL              where to create them (required)
