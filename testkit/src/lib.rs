@@ -3,6 +3,8 @@
 //! - [`moto`]: a `moto_server` on a free port with a queue, its dead-letter
 //!   queue and a bucket ([`TestAws`]);
 //! - [`chromium`]: a headless Chromium to drive directly ([`TestBrowser`]);
+//! - [`fonts`]: the page that shows which scripts have a font
+//!   ([`FontSamples`]);
 //! - [`fixtures`]: a web server for fixture pages that can delay, redirect,
 //!   fail and record what it was asked ([`Fixtures`]);
 //! - [`proxy`]: a loopback TCP proxy to break on demand ([`FaultProxy`]);
@@ -19,6 +21,7 @@
 pub mod aws_proxy;
 pub mod chromium;
 pub mod fixtures;
+pub mod fonts;
 pub mod http;
 pub mod ledger;
 pub mod load;
@@ -31,6 +34,7 @@ pub mod wait;
 pub use aws_proxy::AwsProxy;
 pub use chromium::TestBrowser;
 pub use fixtures::{Fixtures, Hit, Page};
+pub use fonts::FontSamples;
 pub use ledger::{Ledger, Tracked};
 pub use moto::{Moto, TestAws, TestAwsOptions, TestQueue};
 pub use proxy::FaultProxy;

@@ -218,7 +218,7 @@ impl Worker {
         let webhook_task = webhooks
             .clone()
             .map(|webhooks| tokio::spawn(webhooks.run(webhook_stop.clone())));
-        let busy = crate::protection::Busy::default();
+        let busy = crate::protection::Busy::with_gauge(self.metrics.in_flight.clone());
         let protection_stop = CancellationToken::new();
         let protection_task = config.protection().map(|settings| {
             tracing::info!(agent = %settings.agent_uri, "ECS task scale-in protection on");

@@ -73,7 +73,8 @@ pub struct Ctx {
     pub browser: std::sync::OnceLock<String>,
     /// Where the ends of jobs with a `webhook_url` are queued.
     pub webhooks: Option<crate::webhook::Webhooks>,
-    /// Messages held, for ECS scale-in protection.
+    /// Messages held: the `jobs_in_flight` gauge and ECS scale-in
+    /// protection.
     pub busy: crate::protection::Busy,
 }
 
@@ -133,7 +134,6 @@ pub async fn process(
     ctx.heartbeat
         .track(message_id, receipt, received, ctx.visibility)
         .await;
-    ctx.metrics.in_flight.inc();
     let held = ctx.busy.hold();
     let body = message.body().unwrap_or_default();
     let span = tracing::info_span!(
@@ -170,7 +170,6 @@ pub async fn process(
             ctx.metrics.jobs.with_label_values(&["released"]).inc();
         }
     }
-    ctx.metrics.in_flight.dec();
     drop(held);
 }
 

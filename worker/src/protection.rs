@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,40 +47,62 @@ pub struct ProtectionSettings {
     pub retry: Duration,
 }
 
-/// How many messages this worker holds; the protection task watches it.
+/// How many messages this worker holds; the protection task watches it,
+/// and the `jobs_in_flight` gauge shows it.
 #[derive(Debug, Clone)]
-pub struct Busy(watch::Sender<usize>);
+pub struct Busy {
+    held: watch::Sender<usize>,
+    /// The `jobs_in_flight` gauge, kept equal to the count.
+    gauge: Option<IntGauge>,
+}
 
 impl Default for Busy {
     fn default() -> Self {
-        Self(watch::channel(0).0)
+        Self {
+            held: watch::channel(0).0,
+            gauge: None,
+        }
     }
 }
 
 /// One held message, counted in [`Busy`] until dropped.
 #[derive(Debug)]
-pub struct Held(watch::Sender<usize>);
+pub struct Held(Busy);
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.held.send_modify(|n| *n = n.saturating_sub(1));
+        if let Some(gauge) = &self.0.gauge {
+            gauge.dec();
+        }
     }
 }
 
 impl Busy {
+    /// A count that `gauge` shows too.
+    pub fn with_gauge(gauge: IntGauge) -> Self {
+        Self {
+            gauge: Some(gauge),
+            ..Self::default()
+        }
+    }
+
     /// Count a message as held until the guard is dropped.
     pub fn hold(&self) -> Held {
-        self.0.send_modify(|n| *n += 1);
-        Held(self.0.clone())
+        self.held.send_modify(|n| *n += 1);
+        if let Some(gauge) = &self.gauge {
+            gauge.inc();
+        }
+        Held(self.clone())
     }
 
     /// Messages held now.
     pub fn held(&self) -> usize {
-        *self.0.borrow()
+        *self.held.borrow()
     }
 
     fn subscribe(&self) -> watch::Receiver<usize> {
-        self.0.subscribe()
+        self.held.subscribe()
     }
 }
 
@@ -325,14 +348,15 @@ mod tests {
     }
 
     #[test]
-    fn busy_counts_held_messages_until_dropped() {
-        let busy = Busy::default();
+    fn busy_counts_held_messages_until_dropped_and_its_gauge_agrees() {
+        let gauge = IntGauge::new("held", "held").unwrap();
+        let busy = Busy::with_gauge(gauge.clone());
         let a = busy.hold();
         let b = busy.hold();
-        assert_eq!(busy.held(), 2);
+        assert_eq!((busy.held(), gauge.get()), (2, 2));
         drop(a);
-        assert_eq!(busy.held(), 1);
+        assert_eq!((busy.held(), gauge.get()), (1, 1));
         drop(b);
-        assert_eq!(busy.held(), 0);
+        assert_eq!((busy.held(), gauge.get()), (0, 0));
     }
 }

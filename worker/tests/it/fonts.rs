@@ -10,53 +10,17 @@ use std::time::Duration;
 
 use url2png_core::job::RenderOptions;
 use url2png_core::{JobMessage, KeyLayout};
-use url2png_testkit::{Fixtures, Page, TestAws};
+use url2png_testkit::{Fixtures, FontSamples, Page, TestAws};
 
 use crate::support::*;
 
-const CELL: u32 = 48;
-
-/// Five distinct characters per script.
-const SCRIPTS: [(&str, &str); 9] = [
-    ("Latin", "AgQ&ß"),
-    ("Greek", "αβγδω"),
-    ("Cyrillic", "жщюяЖ"),
-    ("Hebrew", "אבגדש"),
-    ("Chinese", "中文字體测"),
-    ("Japanese", "あカ漢字ゑ"),
-    ("Emoji", "😀🚀🌍🎉🐍"),
-    ("Arabic", "ضظعغق"),
-    ("Devanagari", "कखगघञ"),
-];
-
-/// A page with one row per script and a first row of the box itself.
-fn page() -> String {
-    let row = |chars: &str| -> String {
-        chars
-            .chars()
-            .map(|c| format!("<span>{c}</span>"))
-            .collect::<String>()
-    };
-    let mut rows = format!("<div>{}</div>", row("\u{e000}"));
-    for (_, chars) in SCRIPTS {
-        rows.push_str(&format!("<div>{}</div>", row(chars)));
-    }
-    format!(
-        "<!doctype html><meta charset=utf-8><style>
-        html, body {{ margin: 0; background: #fff; color: #000; }}
-        div {{ height: {CELL}px; white-space: nowrap; }}
-        span {{ display: inline-block; width: {CELL}px; height: {CELL}px; overflow: hidden;
-                font-size: 32px; line-height: {CELL}px; text-align: center; vertical-align: top; }}
-        </style>{rows}"
-    )
-}
-
-/// The RGB pixels of cell (`row`, `col`) of a decoded image `width` wide.
-fn cell(rgb: &[u8], width: u32, samples: usize, row: u32, col: u32) -> Vec<u8> {
+/// The RGB pixels of cell (`row`, `col`), `side` pixels square, of a
+/// decoded image `width` wide.
+fn cell(rgb: &[u8], width: u32, samples: usize, side: u32, row: u32, col: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    for y in row * CELL..(row + 1) * CELL {
-        let start = ((y * width + col * CELL) as usize) * samples;
-        let end = start + CELL as usize * samples;
+    for y in row * side..(row + 1) * side {
+        let start = ((y * width + col * side) as usize) * samples;
+        let end = start + side as usize * samples;
         out.extend_from_slice(&rgb[start..end]);
     }
     out
@@ -66,10 +30,13 @@ fn cell(rgb: &[u8], width: u32, samples: usize, row: u32, col: u32) -> Vec<u8> {
 async fn every_script_renders_as_glyphs_not_boxes() {
     let aws = TestAws::start().await;
     let fixtures = Fixtures::start().await;
-    fixtures.page("/scripts", Page::html(page()));
+    let fonts = FontSamples::get();
+    let side = fonts.cell;
+    fixtures.page("/scripts", Page::html(fonts.page()));
     let worker = start_worker(&aws, &[]).await;
-    let width = CELL * 5;
-    let height = CELL * (SCRIPTS.len() as u32 + 1);
+    let columns = fonts.columns();
+    let width = side * columns as u32;
+    let height = side * (fonts.scripts.len() as u32 + 1);
     let job = JobMessage::new(
         fixtures.url("/scripts"),
         RenderOptions {
@@ -94,15 +61,15 @@ async fn every_script_renders_as_glyphs_not_boxes() {
     let info = reader.next_frame(&mut pixels).unwrap();
     assert_eq!((info.width, info.height), (width, height));
     let samples = info.color_type.samples();
-    let blank = cell(&pixels, width, samples, 0, 1);
-    let missing = cell(&pixels, width, samples, 0, 0);
+    let blank = cell(&pixels, width, samples, side, 0, 1);
+    let missing = cell(&pixels, width, samples, side, 0, 0);
     assert_ne!(missing, blank, "the missing-glyph box is drawn");
 
     let mut boxed = Vec::new();
-    for (i, (script, chars)) in SCRIPTS.iter().enumerate() {
+    for (i, (script, chars)) in fonts.scripts.iter().enumerate() {
         let row = i as u32 + 1;
-        let cells: Vec<Vec<u8>> = (0..5)
-            .map(|col| cell(&pixels, width, samples, row, col))
+        let cells: Vec<Vec<u8>> = (0..columns as u32)
+            .map(|col| cell(&pixels, width, samples, side, row, col))
             .collect();
         let boxes = cells.iter().filter(|c| **c == missing).count();
         let blanks = cells.iter().filter(|c| **c == blank).count();
@@ -111,7 +78,7 @@ async fn every_script_renders_as_glyphs_not_boxes() {
         distinct.dedup();
         if boxes > 0 || blanks > 0 || distinct.len() < cells.len() {
             boxed.push(format!(
-                "{script} ({chars}): {boxes} boxes, {blanks} blank, {} distinct of 5",
+                "{script} ({chars}): {boxes} boxes, {blanks} blank, {} distinct of {columns}",
                 distinct.len()
             ));
         }
