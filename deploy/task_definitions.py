@@ -369,7 +369,14 @@ def run_task_container(name, task, container):
     check = container.get("healthCheck")
     if not check:
         return "no healthCheck in the task definition"
-    args += ["--health-cmd", json.dumps(check["command"]),
+    # ECS's command is Docker's HealthConfig.Test: ["CMD", argv...] or
+    # ["CMD-SHELL", line]. podman (4.3) splits a JSON array that starts
+    # with "CMD" on whitespace, quotes and all; without the "CMD" it
+    # takes the array as the argv.
+    command = check["command"]
+    if command[:1] == ["CMD"]:
+        command = command[1:]
+    args += ["--health-cmd", json.dumps(command),
              "--health-interval", f"{check.get('interval', 30)}s",
              "--health-timeout", f"{check.get('timeout', 5)}s",
              "--health-retries", str(check.get("retries", 3)),
