@@ -11,6 +11,8 @@ use serde_json::Value;
 pub struct FontSamples {
     /// A cell's side, in CSS pixels.
     pub cell: u32,
+    /// How many characters a row holds (every script has as many).
+    pub columns: usize,
     font_size: u32,
     missing: String,
     /// (script, five distinct characters in it).
@@ -49,6 +51,7 @@ impl FontSamples {
             }
             FontSamples {
                 cell: number("cell"),
+                columns,
                 font_size: number("font_size"),
                 missing: doc["missing"]
                     .as_str()
@@ -57,11 +60,6 @@ impl FontSamples {
                 scripts,
             }
         })
-    }
-
-    /// How many characters a row holds (every script has as many).
-    pub fn columns(&self) -> usize {
-        self.scripts.first().map_or(0, |(_, c)| c.chars().count())
     }
 
     /// The page: row 0 is the missing glyph then blank cells; row `i + 1`

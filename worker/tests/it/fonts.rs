@@ -34,7 +34,7 @@ async fn every_script_renders_as_glyphs_not_boxes() {
     let side = fonts.cell;
     fixtures.page("/scripts", Page::html(fonts.page()));
     let worker = start_worker(&aws, &[]).await;
-    let columns = fonts.columns();
+    let columns = fonts.columns;
     let width = side * columns as u32;
     let height = side * (fonts.scripts.len() as u32 + 1);
     let job = JobMessage::new(
