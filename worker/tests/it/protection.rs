@@ -65,6 +65,40 @@ impl FakeAgent {
         )
         .await
     }
+
+    /// Waits for `n` calls, each answered and its answer counted by the
+    /// worker.
+    async fn wait_for_counted_calls(&self, n: usize, metrics: &Metrics) -> Vec<Call> {
+        self.wait_for_counted(&format!("{n} calls to the agent"), metrics, |calls| {
+            calls.len() >= n
+        })
+        .await
+    }
+
+    /// Waits until the calls so far satisfy `until`, and the worker has
+    /// counted the answer to each (it counts a call, and sets
+    /// `scale_in_protected`, only once the answer is in: after the call is
+    /// recorded here).
+    async fn wait_for_counted(
+        &self,
+        what: &str,
+        metrics: &Metrics,
+        until: impl Fn(&[Call]) -> bool,
+    ) -> Vec<Call> {
+        wait_for(
+            &format!("{what}, each counted"),
+            Duration::from_secs(30),
+            || async {
+                let calls = self.calls();
+                let counted: u64 = ["set", "cleared", "failed"]
+                    .iter()
+                    .map(|label| counter(&metrics.scale_in_protection_calls, &[label]))
+                    .sum();
+                (counted == calls.len() as u64 && until(&calls)).then_some(calls)
+            },
+        )
+        .await
+    }
 }
 
 async fn answer(
@@ -128,7 +162,7 @@ async fn a_worker_is_protected_while_it_renders_and_cleared_once_idle() {
     let image = KeyLayout::default().image(job.id, ImageFormat::Png);
     send_jobs(&aws, std::slice::from_ref(&job)).await;
 
-    let calls = agent.wait_for_calls(1).await;
+    let calls = agent.wait_for_counted_calls(1, &worker.metrics).await;
     assert_eq!(calls[0].method, Method::PUT);
     assert_eq!(calls[0].path, "/api/task-0001/task-protection/v1/state");
     assert!(enabled(&calls[0]));
@@ -143,7 +177,7 @@ async fn a_worker_is_protected_while_it_renders_and_cleared_once_idle() {
         keys(&aws).await.contains(&image).then_some(())
     })
     .await;
-    let calls = agent.wait_for_calls(2).await;
+    let calls = agent.wait_for_counted_calls(2, &worker.metrics).await;
     assert!(!enabled(&calls[1]), "cleared once idle: {calls:?}");
     assert!(calls[1].body.get("ExpiresInMinutes").is_none());
     assert_eq!(worker.metrics.scale_in_protected.get(), 0);
@@ -205,23 +239,31 @@ async fn protection_is_retried_after_a_refusal_renewed_while_held_and_cleared_at
 
     let held = busy.hold();
     // Refused, set on the retry, then renewed twice.
-    let calls = agent.wait_for_calls(4).await;
-    assert!(calls.iter().all(enabled), "{calls:?}");
+    let calls = agent.wait_for_counted_calls(4, &metrics).await;
+    assert!(calls[..4].iter().all(enabled), "{calls:?}");
     assert_eq!(counter(&metrics.scale_in_protection_calls, &["failed"]), 1);
     assert!(counter(&metrics.scale_in_protection_calls, &["set"]) >= 3);
 
-    // Idle: cleared, and nothing more is sent.
+    // Idle: cleared (a renewal may still be on its way when the message is
+    // dropped), and nothing more is sent.
     drop(held);
-    let n = agent.calls().len();
-    let calls = agent.wait_for_calls(n + 1).await;
-    assert!(!enabled(&calls[n]), "{calls:?}");
+    let calls = agent
+        .wait_for_counted("a clear once idle", &metrics, |calls| {
+            calls.last().is_some_and(|call| !enabled(call))
+        })
+        .await;
+    let n = calls.len();
     assert_eq!(metrics.scale_in_protected.get(), 0);
+    assert_eq!(counter(&metrics.scale_in_protection_calls, &["cleared"]), 1);
 
     // Held again, then the worker stops while it is protected: cleared at
     // the stop.
     let _held = busy.hold();
-    let calls = agent.wait_for_calls(n + 2).await;
-    assert!(enabled(&calls[n + 1]));
+    let calls = agent.wait_for_calls(n + 1).await;
+    assert!(
+        enabled(&calls[n]),
+        "the next call after the clear: {calls:?}"
+    );
     stop.cancel();
     task.await.unwrap();
     let calls = agent.calls();

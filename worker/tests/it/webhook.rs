@@ -14,6 +14,7 @@ use url2png_core::{JobMessage, RenderOptions};
 use url2png_testkit::fixtures::{Fixtures, Page};
 use url2png_testkit::moto::{TestAwsOptions, TestQueue, create_queue_with_dlq};
 use url2png_testkit::{TestAws, wait_for};
+use url2png_worker::metrics::Metrics;
 
 use crate::support::{counter, get, send_jobs, start_worker};
 
@@ -101,6 +102,22 @@ fn webhook_flags(queue: &TestQueue) -> Vec<String> {
     .to_vec()
 }
 
+/// Waits until the worker has counted `n` deliveries as `label`, then
+/// checks it counted no more. A delivery is counted last: after its record
+/// is written and its message deleted or hidden.
+async fn counted(metrics: &Metrics, label: &str, n: u64) {
+    let got = wait_for(
+        &format!("{n} deliveries counted as {label}"),
+        Duration::from_secs(30),
+        || async {
+            let got = counter(&metrics.webhook_deliveries, &[label]);
+            (got >= n).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got, n, "deliveries counted as {label}");
+}
+
 /// The delivery record of job `id`, once it is in `state`.
 async fn record_in(aws: &TestAws, id: uuid::Uuid, state: DeliveryState) -> WebhookState {
     let key = format!("{id}.webhook.json");
@@ -171,10 +188,7 @@ async fn a_failing_receiver_gets_the_signed_status_again_until_it_answers_across
     let delivered = record_in(&aws, job.id, DeliveryState::Delivered).await;
     assert_eq!(delivered.attempts, 3, "{delivered:?}");
     assert_eq!(delivered.last_status, Some(200));
-    assert_eq!(
-        counter(&second.metrics.webhook_deliveries, &["delivered"]),
-        1
-    );
+    counted(&second.metrics, "delivered", 1).await;
     assert_eq!(aws.queue_counts(&hooks.url).await, (0, 0));
     assert_eq!(aws.queue_counts(&hooks.dlq_url).await, (0, 0));
 
@@ -246,7 +260,7 @@ async fn a_receiver_the_policy_refuses_is_not_contacted_and_the_refusal_is_recor
         let error = record.last_error.unwrap_or_default();
         assert!(error.contains("refused"), "{webhook}: {error}");
     }
-    assert_eq!(counter(&worker.metrics.webhook_deliveries, &["refused"]), 3);
+    counted(&worker.metrics, "refused", 3).await;
     assert_eq!(counter(&worker.metrics.webhook_deliveries, &["retried"]), 0);
     assert_eq!(aws.queue_counts(&hooks.url).await, (0, 0));
     assert!(receiver.got().is_empty());
